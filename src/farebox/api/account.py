@@ -1,0 +1,58 @@
+"""Endpoints an API key calls about itself: /key, /credits, /generation."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from farebox.api.http import Request, Response, json_response
+from farebox.api.wire import generation_wire, key_wire
+from farebox.errors import BadRequest, NotFound
+from farebox.ledger.entries import wallet
+from farebox.money import usd_json
+
+if TYPE_CHECKING:
+    from farebox.app import Gateway
+
+
+async def key(gw: Gateway, req: Request) -> Response:
+    record = gw.directory.authenticate(req.header(b"authorization"))
+    data = key_wire(gw, record)
+    data.update({
+        "is_free_tier": True, "is_management_key": False, "is_provisioning_key": False,
+        "rate_limit": {"requests": -1, "interval": "10s", "note": "This field is deprecated and safe to ignore."},
+    })
+    return json_response({"data": data})
+
+
+async def credits(gw: Gateway, req: Request) -> Response:
+    record = gw.directory.authenticate(req.header(b"authorization"), allow="any")
+    if record.is_management:
+        name = req.query("organization")
+        if not name:
+            raise BadRequest("With a management key, name the organization: ?organization=NAME",
+                             field="organization")
+        org = gw.directory.org(name)
+    else:
+        org = gw.directory.orgs[record.org_id]  # type: ignore[index]
+    account = wallet(org.id)
+    return json_response({"data": {"total_credits": usd_json(gw.book.inflow.get(account, 0)),
+                                   "total_usage": usd_json(gw.book.outflow.get(account, 0))}})
+
+
+async def generation(gw: Gateway, req: Request) -> Response:
+    record = gw.directory.authenticate(req.header(b"authorization"))
+    gen_id = req.query("id")
+    if not gen_id:
+        raise BadRequest("id is required: /api/v1/generation?id=gen-...", field="id")
+    data = await gw.store.read(_load_generation, gen_id, record.org_id)
+    if data is None:
+        raise NotFound(f"Generation {gen_id} not found")
+    return json_response({"data": generation_wire(data)})
+
+
+def _load_generation(conn: sqlite3.Connection, gen_id: str, org_id: int) -> dict[str, Any] | None:
+    row = conn.execute("SELECT data FROM generations WHERE id = ? AND org_id = ?", (gen_id, org_id)).fetchone()
+    return None if row is None else orjson.loads(row[0])

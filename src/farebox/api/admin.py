@@ -1,0 +1,199 @@
+"""Management endpoints (management key only): organizations, credit grants, the key API
+of OpenRouter's section 2.8, and ledger verification.
+
+Farebox's management key is the operator's, above every organization, so key calls name
+the organization they act on: `organization` in the body or the query (a name or an id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from farebox.api.http import Request, Response, json_response, parse_iso
+from farebox.api.wire import key_wire, org_wire
+from farebox.errors import BadRequest
+from farebox.ledger.entries import SYSTEM_ACCOUNTS
+from farebox.ledger.usage import PERIODS
+from farebox.ledger.verify import verify_memory, verify_store
+from farebox.money import MoneyFormatError, parse_usd, usd_json
+from farebox.tenancy.records import Organization
+
+if TYPE_CHECKING:
+    from farebox.app import Gateway
+
+NAME_MAX = 128
+BODY_MAX = 64 * 1024
+
+
+def _auth(gw: Gateway, req: Request) -> None:
+    gw.directory.authenticate(req.header(b"authorization"), allow="management")
+
+
+async def _body(req: Request) -> dict[str, Any]:
+    return await req.json(BODY_MAX)
+
+
+def _name(body: dict[str, Any], field: str = "name") -> str:
+    name = body.get(field)
+    if not isinstance(name, str) or not name.strip() or len(name) > NAME_MAX:
+        raise BadRequest(f"{field} must be a non-empty string of at most {NAME_MAX} characters", field=field)
+    return name.strip()
+
+
+def _usd(value: Any, field: str, *, allow_zero: bool = True) -> int:
+    """A USD amount from JSON: a decimal string ("25.00") or a number (25.5, read by its
+    shortest decimal form, which is what the sender wrote)."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise BadRequest(f"{field} must be a USD amount such as \"25.00\"", field=field)
+    try:
+        nanos = parse_usd(repr(value) if isinstance(value, float) else value)
+    except MoneyFormatError as e:
+        raise BadRequest(f"{field}: {e}", field=field) from None
+    if nanos == 0 and not allow_zero:
+        raise BadRequest(f"{field} must be more than zero", field=field)
+    return nanos
+
+
+def _org_of(gw: Gateway, req: Request, body: dict[str, Any] | None = None) -> Organization:
+    name = (body or {}).get("organization") or req.query("organization")
+    if name is None:
+        raise BadRequest("Name the organization: \"organization\" in the body or ?organization=NAME",
+                         field="organization")
+    return gw.directory.org(name if isinstance(name, str) else int(name))
+
+
+# -- organizations and credits ---------------------------------------------------------
+
+async def create_org(gw: Gateway, req: Request) -> Response:
+    _auth(gw, req)
+    org = await gw.directory.create_org(_name(await _body(req)))
+    return json_response({"data": org_wire(gw, org)}, 201)
+
+
+async def list_orgs(gw: Gateway, req: Request) -> Response:
+    _auth(gw, req)
+    return json_response({"data": [org_wire(gw, o) for o in sorted(gw.directory.orgs.values(), key=lambda o: o.id)]})
+
+
+async def get_org(gw: Gateway, req: Request) -> Response:
+    _auth(gw, req)
+    return json_response({"data": org_wire(gw, gw.directory.org(req.params["org"]))})
+
+
+async def grant(gw: Gateway, req: Request) -> Response:
+    _auth(gw, req)
+    org = gw.directory.org(req.params["org"])
+    body = await _body(req)
+    amount = _usd(body.get("amount"), "amount", allow_zero=False)
+    reference = body.get("reference")
+    if not isinstance(reference, str) or not reference.strip() or len(reference) > 200:
+        raise BadRequest("reference must be a non-empty string (it makes the grant idempotent)", field="reference")
+    memo = body.get("memo") if isinstance(body.get("memo"), str) else None
+    new, entry = await gw.ledger.grant(org.id, amount, reference.strip(), memo)
+    return json_response({"data": {"reference": reference.strip(), "amount": usd_json(entry.amount),
+                                   "replayed": not new, "organization": org_wire(gw, org)}}, 201 if new else 200)
+
+
+# -- keys --------------------------------------------------------------------------------
+
+def _key_options(body: dict[str, Any], *, creating: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if "name" in body or creating:
+        out["name"] = _name(body)
+    if "limit" in body:
+        out["limit"] = None if body["limit"] is None else _usd(body["limit"], "limit")
+    if "limit_reset" in body:
+        reset = body["limit_reset"]
+        if reset is not None and reset not in PERIODS:
+            raise BadRequest("limit_reset must be daily, weekly, monthly or null", field="limit_reset")
+        out["limit_reset"] = reset
+    if "include_byok_in_limit" in body:
+        if not isinstance(body["include_byok_in_limit"], bool):
+            raise BadRequest("include_byok_in_limit must be a boolean", field="include_byok_in_limit")
+        out["include_byok_in_limit"] = body["include_byok_in_limit"]
+    if "expires_at" in body:
+        out["expires_at"] = parse_iso(body["expires_at"], "expires_at")
+    if "disabled" in body and not creating:
+        if not isinstance(body["disabled"], bool):
+            raise BadRequest("disabled must be a boolean", field="disabled")
+        out["disabled"] = body["disabled"]
+    return out
+
+
+async def create_key(gw: Gateway, req: Request) -> Response:
+    _auth(gw, req)
+    body = await _body(req)
+    org = _org_of(gw, req, body)
+    options = _key_options(body, creating=True)
+    workspace_id = body.get("workspace_id")
+    if workspace_id is not None and (not isinstance(workspace_id, int) or isinstance(workspace_id, bool)):
+        raise BadRequest("workspace_id must be an integer", field="workspace_id")
+    creator = body.get("creator_user_id") if isinstance(body.get("creator_user_id"), str) else None
+    record, secret = await gw.directory.create_key(
+        org, options["name"], workspace_id=workspace_id, limit=options.get("limit"),
+        limit_reset=options.get("limit_reset"), include_byok_in_limit=options.get("include_byok_in_limit", False),
+        expires_at=options.get("expires_at"), creator_user_id=creator)
+    return json_response({"data": key_wire(gw, record), "key": secret}, 201)
+
+
+async def list_keys(gw: Gateway, req: Request) -> Response:
+    _auth(gw, req)
+    org = _org_of(gw, req)
+    include_disabled = req.query("include_disabled") in ("true", "1")
+    offset = req.query("offset") or "0"
+    if not offset.isdigit():
+        raise BadRequest("offset must be a non-negative integer", field="offset")
+    workspace = req.query("workspace_id")
+    keys = [k for k in gw.directory.org_keys(org.id)
+            if (include_disabled or not k.disabled) and (workspace is None or str(k.workspace_id) == workspace)]
+    keys.sort(key=lambda k: k.created_at)
+    page = keys[int(offset):int(offset) + 100]
+    return json_response({"data": [key_wire(gw, k) for k in page]})
+
+
+def _key_of(gw: Gateway, req: Request) -> Any:
+    org = req.query("organization")
+    org_id = gw.directory.org(org).id if org else None
+    return gw.directory.key(req.params["hash"], org_id)
+
+
+async def get_key(gw: Gateway, req: Request) -> Response:
+    _auth(gw, req)
+    return json_response({"data": key_wire(gw, _key_of(gw, req))})
+
+
+async def patch_key(gw: Gateway, req: Request) -> Response:
+    _auth(gw, req)
+    record = _key_of(gw, req)
+    changes = _key_options(await _body(req), creating=False)
+    if changes:
+        await gw.directory.update_key(record, changes)
+    return json_response({"data": key_wire(gw, record)})
+
+
+async def delete_key(gw: Gateway, req: Request) -> Response:
+    _auth(gw, req)
+    await gw.directory.delete_key(_key_of(gw, req))
+    return json_response({"deleted": True})
+
+
+# -- ledger --------------------------------------------------------------------------------
+
+async def verify(gw: Gateway, req: Request) -> Response:
+    """Verify the stored ledger, then this process's book against it. Memory and disk can
+    disagree for an instant while a charge is committing, so a mismatch is re-checked a
+    few times before it counts."""
+    _auth(gw, req)
+    for attempt in range(5):
+        await gw.writer.submit(lambda conn: None)  # everything settled so far is committed
+        memory = {a: v for a, v in gw.book.balances.items() if a.startswith("org:") or a in SYSTEM_ACCOUNTS}
+        report = await gw.store.read(verify_store)
+        stored = await gw.store.read(lambda conn: dict(conn.execute("SELECT id, balance FROM accounts")))
+        verify_memory(report, stored=stored, memory=memory, oldest_hold_age_s=gw.book.oldest_hold_age(),
+                      hold_limit_s=gw.settings.hold_timeout_s + 2 * gw.settings.hold_sweep_interval_s,
+                      open_holds=len(gw.book.holds))
+        if report.checks.get("memory", 0) == 0 or attempt == 4:
+            break
+        await asyncio.sleep(0.05)
+    return json_response({"data": report.wire()})

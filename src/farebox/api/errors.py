@@ -1,0 +1,18 @@
+"""Error rendering: the one place that turns an error into OpenRouter's shape,
+`{"error": {"code": <status>, "message": ..., "metadata": {...}}}`."""
+
+from __future__ import annotations
+
+import orjson
+
+from farebox.errors import FareboxError
+
+
+def error_body(error: FareboxError) -> bytes:
+    metadata = dict(error.metadata)
+    metadata.setdefault("error_type", error.error_type)
+    return orjson.dumps({"error": {"code": error.status, "message": error.message, "metadata": metadata}})
+
+
+def error_headers(error: FareboxError) -> list[tuple[bytes, bytes]]:
+    return [(k.lower().encode(), str(v).encode()) for k, v in error.headers.items()]

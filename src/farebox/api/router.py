@@ -1,0 +1,107 @@
+"""The ASGI application: route table, lifespan, and the one place where errors escaping
+a handler are rendered."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from farebox.api import account, admin, chat
+from farebox.api.catalog import ModelList
+from farebox.api.http import Request, Response, error_response, json_response, send_response
+from farebox.errors import FareboxError, InternalError, NotFound
+
+if TYPE_CHECKING:
+    from farebox.app import Gateway
+
+log = logging.getLogger("farebox.api")
+Handler = Callable[["Gateway", Request], Awaitable[Response | None]]
+
+
+async def health(gw: Gateway, req: Request) -> Response:
+    return json_response({"status": "ok"})
+
+
+class Api:
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        models = ModelList(gw)
+        v1 = "/api/v1"
+        self.exact: dict[tuple[str, str], Handler] = {
+            ("POST", f"{v1}/chat/completions"): chat.handle,
+            ("GET", f"{v1}/models"): models.list,
+            ("GET", f"{v1}/generation"): account.generation,
+            ("GET", f"{v1}/key"): account.key,
+            ("GET", f"{v1}/auth/key"): account.key,
+            ("GET", f"{v1}/credits"): account.credits,
+            ("GET", f"{v1}/keys"): admin.list_keys,
+            ("POST", f"{v1}/keys"): admin.create_key,
+            ("GET", f"{v1}/organizations"): admin.list_orgs,
+            ("POST", f"{v1}/organizations"): admin.create_org,
+            ("GET", f"{v1}/ledger/verify"): admin.verify,
+            ("GET", "/health"): health,
+        }
+        self.patterns: list[tuple[str, re.Pattern[str], Handler]] = [
+            ("GET", re.compile(rf"^{v1}/models/(?P<author>[^/]+)/(?P<slug>[^/]+)/endpoints$"), models.endpoints),
+            ("GET", re.compile(rf"^{v1}/keys/(?P<hash>[0-9a-fA-F]+)$"), admin.get_key),
+            ("PATCH", re.compile(rf"^{v1}/keys/(?P<hash>[0-9a-fA-F]+)$"), admin.patch_key),
+            ("DELETE", re.compile(rf"^{v1}/keys/(?P<hash>[0-9a-fA-F]+)$"), admin.delete_key),
+            ("GET", re.compile(rf"^{v1}/organizations/(?P<org>[^/]+)$"), admin.get_org),
+            ("POST", re.compile(rf"^{v1}/organizations/(?P<org>[^/]+)/credits$"), admin.grant),
+        ]
+
+    def _route(self, method: str, path: str, req: Request) -> Handler:
+        handler = self.exact.get((method, path))
+        if handler is not None:
+            return handler
+        allowed = False
+        for m, pattern, h in self.patterns:
+            match = pattern.match(path)
+            if match:
+                if m == method:
+                    req.params = match.groupdict()
+                    return h
+                allowed = True
+        if allowed or any(p == path for _, p in self.exact):
+            raise _MethodNotAllowed(f"{method} is not allowed on {path}")
+        raise NotFound(f"No such endpoint: {method} {path}")
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            req = Request(scope, receive, send)
+            try:
+                handler = self._route(scope["method"], scope["path"], req)
+                response = await handler(self.gw, req)
+            except FareboxError as e:
+                response = error_response(e)
+            except Exception:
+                log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+                response = error_response(InternalError("Internal error"))
+            if response is not None:
+                await send_response(send, response)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.gw.start()
+                except Exception as e:
+                    log.exception("start-up failed")
+                    await send({"type": "lifespan.startup.failed", "message": repr(e)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.gw.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+class _MethodNotAllowed(FareboxError):
+    status = 405
+    error_type = "invalid_request"

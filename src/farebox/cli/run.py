@@ -1,0 +1,176 @@
+"""Long-running commands: serve, sim, demo."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+
+import typer
+import uvicorn
+
+from farebox.errors import ConfigError
+from farebox.settings import Settings, load_settings
+
+log = logging.getLogger("farebox")
+
+
+def _settings(config: Path | None, **overrides: object) -> Settings:
+    try:
+        return load_settings(config, **overrides)
+    except ConfigError as e:
+        typer.echo(f"farebox: configuration error: {e}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _gateway(settings: Settings):  # type: ignore[no-untyped-def]
+    from farebox.app import Gateway
+
+    try:
+        return Gateway(settings)
+    except ConfigError as e:
+        typer.echo(f"farebox: configuration error: {e}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _server(app: object, settings: Settings) -> uvicorn.Server:
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
+                            lifespan="on", access_log=settings.access_log, log_level=settings.log_level,
+                            backlog=4096, timeout_keep_alive=30)
+    return uvicorn.Server(config)
+
+
+def _bound_port(server: uvicorn.Server) -> int:
+    return server.servers[0].sockets[0].getsockname()[1]
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def serve(host: str = typer.Option(None, help="Listen address (setting: host)."),
+          port: int = typer.Option(None, help="Listen port (setting: port)."),
+          config: Path = typer.Option(None, help="farebox.toml to read (default: FAREBOX_CONFIG, "
+                                                  "else FAREBOX_HOME/farebox.toml if present).")) -> None:
+    settings = _settings(config, host=host, port=port)
+    _logging(settings.log_level)
+    from farebox.api.router import Api
+
+    gateway = _gateway(settings)
+    server = _server(Api(gateway), settings)
+
+    async def main() -> None:
+        task = asyncio.ensure_future(server.serve())
+        while not server.started and not task.done():
+            await asyncio.sleep(0.01)
+        if server.started:
+            print(f"farebox serving on http://{settings.host}:{_bound_port(server)} "
+                  f"(database {settings.database_file}, management key {settings.management_key_file})", flush=True)
+        await task
+
+    _run(main())
+    if not server.started:
+        raise typer.Exit(1)
+
+
+def sim(host: str = typer.Option("127.0.0.1", help="Listen address."),
+        port: int = typer.Option(8090, help="Listen port.")) -> None:
+    from farebox.sim.server import run as run_sim
+
+    run_sim(host, port)
+
+
+def demo(port: int = typer.Option(8080, help="Gateway port (0 picks a free one)."),
+         host: str = typer.Option("127.0.0.1", help="Listen address of the gateway and the simulator."),
+         sim_port: int = typer.Option(0, help="Simulator port (0 picks a free one)."),
+         as_json: bool = typer.Option(False, "--json", help="Print one JSON line once ready.")) -> None:
+    """The simulator and the gateway in one process, with a catalog of simulated models
+    and an organization `demo` funded with $10.00. State lives in FAREBOX_HOME/demo."""
+    base = _settings(None)
+    home = base.home_path / "demo"
+    settings = base.replace(home=str(home), host=host, port=port, database_path="", catalog_builtin=False,
+                            catalog_path=str(home / "catalog.toml"))
+    _logging("warning" if as_json else settings.log_level)
+    _run(_demo(settings, sim_port, as_json))
+
+
+async def _demo(settings: Settings, sim_port: int, as_json: bool) -> None:
+    from farebox.api.router import Api
+    from farebox.app import read_or_create_secret
+    from farebox.catalog.simulated import SIM_MODELS, sim_catalog
+    from farebox.ids import key_hash
+    from farebox.sim.server import start as start_sim
+
+    runner, bound_sim = await start_sim(settings.host, sim_port)
+    home = settings.home_path
+    home.mkdir(parents=True, exist_ok=True)
+    Path(settings.catalog_path).write_text(sim_catalog(f"http://{settings.host}:{bound_sim}/v1"))
+    gateway = _gateway(settings)
+    await gateway.start()
+    directory = gateway.directory
+    org = directory.orgs_by_name.get("demo") or await directory.create_org("demo")
+    await gateway.ledger.grant(org.id, 10 * 10**9, "demo-welcome", "demo credit")
+    key_file = home / "demo_key"
+    api_key = key_file.read_text().strip() if key_file.exists() else None
+    if api_key is None or key_hash(api_key) not in directory.keys:
+        _, api_key = await directory.create_key(org, "demo")
+        key_file.unlink(missing_ok=True)
+        read_or_create_secret(key_file, lambda: api_key)
+    server = _server(Api(gateway), settings)
+    task = asyncio.ensure_future(server.serve())
+    while not server.started and not task.done():
+        await asyncio.sleep(0.01)
+    if not server.started:
+        await runner.cleanup()
+        raise typer.Exit(1)
+    base_url = f"http://{settings.host}:{_bound_port(server)}/api/v1"
+    management = settings.management_key_file.read_text().strip()
+    if as_json:
+        print(json.dumps({"base_url": base_url, "api_key": api_key, "management_key": management,
+                          "models": list(SIM_MODELS)}), flush=True)
+    else:
+        print(_DEMO_TEXT.format(base_url=base_url, api_key=api_key, sim=f"http://{settings.host}:{bound_sim}/v1",
+                                models=", ".join(SIM_MODELS), home=home), flush=True)
+    try:
+        await task
+    finally:
+        await runner.cleanup()
+
+
+_DEMO_TEXT = """
+Farebox demo is running.
+
+  gateway    {base_url}
+  simulator  {sim}
+  models     {models}
+  API key    {api_key}
+  state      {home}   (organization "demo", $10.00 of credits)
+
+Try it:
+
+  curl {base_url}/chat/completions \\
+    -H "Authorization: Bearer {api_key}" -H "Content-Type: application/json" \\
+    -d '{{"model": "sim/small", "messages": [{{"role": "user", "content": "Hello"}}]}}'
+
+  python3 -c 'from openai import OpenAI; c = OpenAI(base_url="{base_url}", api_key="{api_key}"); \\
+print(c.chat.completions.create(model="sim/small", messages=[{{"role": "user", "content": "Hello"}}]))'
+
+  curl {base_url}/credits -H "Authorization: Bearer {api_key}"
+
+Press Ctrl+C to stop.
+"""
+
+
+def _run(coro: object) -> None:
+    try:
+        import uvloop
+
+        uvloop.run(coro)  # type: ignore[arg-type]
+    except KeyboardInterrupt:
+        pass
+    except SystemExit:
+        raise
+    finally:
+        sys.stdout.flush()

@@ -1,0 +1,178 @@
+"""The book: posted balances and open holds, in memory, for the one process that owns them.
+
+Every method here is synchronous and runs on the event loop, so a check and the
+reservation that follows it can never interleave with another request's: this is what
+makes overspending impossible, however many requests run at once. Durable state lives in
+the store; the book is rebuilt from it at start-up. Holds are never stored: a crash
+releases them, which is correct because nothing they reserved was charged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from farebox.clock import Clock
+from farebox.ledger.entries import OVERRUN, REVENUE, SYSTEM_ACCOUNTS, Entry, is_floored
+from farebox.ledger.usage import KeyUsage
+
+
+class Shortfall(Exception):
+    """A hold does not fit. `scope` names the cap that refused it: "wallet" or "key"."""
+
+    def __init__(self, scope: str, available: int, period: str | None = None) -> None:
+        super().__init__(scope, available)
+        self.scope, self.available, self.period = scope, available, period
+
+
+@dataclass(slots=True)
+class KeyCap:
+    """A key's spending limit: `limit` nano-dollars per `reset` period (None = lifetime)."""
+
+    limit: int | None = None
+    reset: str | None = None
+    usage: KeyUsage = field(default_factory=KeyUsage)
+    held: int = 0
+
+    def remaining(self, now: float) -> int | None:
+        if self.limit is None:
+            return None
+        return self.limit - self.usage.in_period(self.reset, now) - self.held
+
+
+@dataclass(slots=True)
+class Hold:
+    id: str
+    account: str
+    amount: int
+    cap: KeyCap | None
+    created: float  # clock.monotonic()
+    open: bool = True
+    expired: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    entries: list[Entry]
+    charged: int   # what the wallet paid
+    overrun: int   # what the upstream billed beyond the hold, paid by system:overrun
+
+
+class Book:
+    def __init__(self, clock: Clock, hold_timeout_s: float) -> None:
+        self.clock = clock
+        self.hold_timeout_s = hold_timeout_s
+        self.balances: dict[str, int] = dict.fromkeys(SYSTEM_ACCOUNTS, 0)
+        self.inflow: dict[str, int] = {}
+        self.outflow: dict[str, int] = {}
+        self.held: dict[str, int] = {}
+        self.holds: dict[str, Hold] = {}
+
+    # -- reading -----------------------------------------------------------------
+    def balance(self, account: str) -> int:
+        return self.balances.get(account, 0)
+
+    def available(self, account: str) -> int:
+        return self.balances.get(account, 0) - self.held.get(account, 0)
+
+    # -- holds -------------------------------------------------------------------
+    def _check(self, account: str, cap: KeyCap | None, extra: int) -> None:
+        available = self.available(account)
+        if extra > available:
+            raise Shortfall("wallet", available)
+        if cap is not None:
+            remaining = cap.remaining(self.clock.now())
+            if remaining is not None and extra > remaining:
+                raise Shortfall("key", remaining, cap.reset)
+
+    def hold(self, hold_id: str, account: str, amount: int, cap: KeyCap | None = None) -> Hold:
+        assert amount >= 0 and hold_id not in self.holds
+        self._check(account, cap, amount)
+        self.held[account] = self.held.get(account, 0) + amount
+        if cap is not None:
+            cap.held += amount
+        hold = Hold(hold_id, account, amount, cap, self.clock.monotonic())
+        self.holds[hold_id] = hold
+        return hold
+
+    def resize(self, hold: Hold, amount: int) -> None:
+        """Grow or shrink an open hold, e.g. when failover moves to a dearer endpoint."""
+        assert hold.open and amount >= 0
+        delta = amount - hold.amount
+        if delta > 0:
+            self._check(hold.account, hold.cap, delta)
+        self.held[hold.account] += delta
+        if hold.cap is not None:
+            hold.cap.held += delta
+        hold.amount = amount
+
+    def _close(self, hold: Hold) -> None:
+        if not hold.open:
+            return
+        hold.open = False
+        self.held[hold.account] -= hold.amount
+        assert self.held[hold.account] >= 0
+        if hold.cap is not None:
+            hold.cap.held -= hold.amount
+        del self.holds[hold.id]
+
+    def release(self, hold: Hold) -> None:
+        self._close(hold)
+
+    def expire_old(self) -> list[Hold]:
+        cutoff = self.clock.monotonic() - self.hold_timeout_s
+        old = [h for h in self.holds.values() if h.created < cutoff]
+        for hold in old:
+            hold.expired = True
+            self._close(hold)
+        return old
+
+    def oldest_hold_age(self) -> float:
+        now = self.clock.monotonic()
+        return max((now - h.created for h in self.holds.values()), default=0.0)
+
+    # -- posting -----------------------------------------------------------------
+    def settle(self, hold: Hold, cost: int, *, reference: str, created_at: int,
+               org_id: int | None, key_hash: str | None, generation_id: str) -> Settlement:
+        """Turn a hold into a charge of `cost`. The wallet pays at most the hold: the
+        customer never pays more than was reserved. Anything an upstream billed beyond it
+        is posted from system:overrun, flagged, so it is seen and never silently absorbed."""
+        assert cost >= 0
+        was_open = hold.open
+        self._close(hold)
+        ceiling = hold.amount if was_open else min(hold.amount, max(self.available(hold.account), 0))
+        charged = min(cost, ceiling)
+        overrun = cost - charged
+        entries = []
+        if charged:
+            entries.append(Entry("charge", hold.account, REVENUE, charged, reference, created_at,
+                                 org_id, key_hash, generation_id))
+        if overrun:
+            entries.append(Entry("overrun", OVERRUN, REVENUE, overrun, reference + ":overrun", created_at,
+                                 org_id, key_hash, generation_id, memo="upstream billed beyond the hold"))
+        for entry in entries:
+            self.apply(entry)
+        if hold.cap is not None and charged:
+            hold.cap.usage.add(charged, self.clock.now())
+        return Settlement(entries, charged, overrun)
+
+    def apply(self, entry: Entry) -> None:
+        self.balances[entry.from_account] = self.balances.get(entry.from_account, 0) - entry.amount
+        self.balances[entry.to_account] = self.balances.get(entry.to_account, 0) + entry.amount
+        self.outflow[entry.from_account] = self.outflow.get(entry.from_account, 0) + entry.amount
+        self.inflow[entry.to_account] = self.inflow.get(entry.to_account, 0) + entry.amount
+        assert not is_floored(entry.from_account) or self.balances[entry.from_account] >= 0, entry
+
+    def revert(self, settlement: Settlement, cap: KeyCap | None) -> None:
+        """Undo a settlement whose entries could not be committed."""
+        for e in settlement.entries:
+            self.balances[e.from_account] += e.amount
+            self.balances[e.to_account] -= e.amount
+            self.outflow[e.from_account] -= e.amount
+            self.inflow[e.to_account] -= e.amount
+        if cap is not None and settlement.charged:
+            cap.usage.add(-settlement.charged, self.clock.now())
+
+    def load(self, balances: dict[str, int], inflow: dict[str, int], outflow: dict[str, int]) -> None:
+        self.balances.update(balances)
+        self.inflow.update(inflow)
+        self.outflow.update(outflow)

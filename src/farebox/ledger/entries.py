@@ -1,0 +1,43 @@
+"""Ledger entries and account names.
+
+An entry moves `amount` nano-dollars from one account to another. Entries are never
+updated or deleted, so every balance is the sum of its entries and all balances sum to
+zero. System accounts are sources and sinks (they go negative or positive); wallet
+accounts hold an organization's credit and must never go below zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GRANTS = "system:grants"        # source of credits granted by an administrator
+REVENUE = "system:revenue"      # sink of inference charges
+OVERRUN = "system:overrun"      # source that pays what an upstream billed beyond the hold and the balance
+SYSTEM_ACCOUNTS = (GRANTS, REVENUE, OVERRUN)
+
+
+def wallet(org_id: int) -> str:
+    return f"org:{org_id}:wallet"
+
+
+def is_floored(account: str) -> bool:
+    """Accounts that must never go below zero: everything that holds a customer's money."""
+    return not account.startswith("system:")
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    kind: str            # grant | charge | overrun
+    from_account: str
+    to_account: str
+    amount: int          # nano-dollars, > 0
+    reference: str       # idempotency key, unique across all entries
+    created_at: int      # unix ms
+    org_id: int | None = None
+    key_hash: str | None = None
+    generation_id: str | None = None
+    memo: str | None = None
+
+    def __post_init__(self) -> None:
+        assert isinstance(self.amount, int) and self.amount > 0, self.amount
+        assert self.from_account != self.to_account

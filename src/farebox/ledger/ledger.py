@@ -1,0 +1,75 @@
+"""The ledger: the only code that moves money. It joins the in-memory book (balances and
+holds, decided synchronously on the event loop) to durable entries (committed through the
+group-commit writer)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from typing import Any
+
+from farebox.clock import Clock
+from farebox.errors import Conflict, InternalError
+from farebox.ledger.book import Book, KeyCap, Settlement
+from farebox.ledger.entries import GRANTS, Entry, wallet
+from farebox.store import sqlite as ops
+from farebox.store.writer import GroupWriter
+
+log = logging.getLogger("farebox.ledger")
+
+
+class Ledger:
+    def __init__(self, book: Book, writer: GroupWriter, clock: Clock, sweep_interval_s: float) -> None:
+        self.book, self.writer, self.clock = book, writer, clock
+        self.sweep_interval_s = sweep_interval_s
+        self.expired_holds = 0
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def load(self, conn: sqlite3.Connection) -> None:
+        balances = dict(conn.execute("SELECT id, balance FROM accounts"))
+        inflow = dict(conn.execute("SELECT to_account, SUM(amount) FROM entries GROUP BY to_account"))
+        outflow = dict(conn.execute("SELECT from_account, SUM(amount) FROM entries GROUP BY from_account"))
+        self.book.load(balances, inflow, outflow)
+
+    async def grant(self, org_id: int, amount: int, reference: str, memo: str | None = None) -> tuple[bool, Entry]:
+        """Credit an organization's wallet. Idempotent on `reference`: a replay returns the
+        first grant and moves nothing; a replay with different terms is a conflict."""
+        assert amount > 0
+        entry = Entry("grant", GRANTS, wallet(org_id), amount, f"grant:{reference}", self.clock.now_ms(),
+                      org_id, memo=memo)
+        new, stored = await self.writer.submit(lambda conn: ops.grant(conn, entry))
+        if new:
+            self.book.apply(stored)
+        elif (stored.to_account, stored.amount, stored.kind) != (entry.to_account, entry.amount, entry.kind):
+            raise Conflict(f"Reference {reference!r} was already used for a different grant")
+        return new, stored
+
+    async def commit(self, settlement: Settlement, cap: KeyCap | None, generation: dict[str, Any]) -> None:
+        """Make a settlement and its generation record durable, or undo it in memory."""
+        try:
+            await self.writer.submit(lambda conn: ops.settle(conn, settlement.entries, generation))
+        except Exception as e:
+            self.book.revert(settlement, cap)
+            log.error("could not commit charge for %s: %r", generation.get("id"), e)
+            raise InternalError("The charge for this request could not be recorded; it was not billed") from e
+
+    # -- hold expiry ---------------------------------------------------------------
+    def start(self) -> None:
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            try:
+                await self._sweeper
+            except asyncio.CancelledError:
+                pass
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(self.sweep_interval_s)
+            expired = self.book.expire_old()
+            if expired:
+                self.expired_holds += len(expired)
+                log.warning("expired %d holds older than %ss", len(expired), self.book.hold_timeout_s)

@@ -1,0 +1,127 @@
+"""Pooled upstream HTTP: one aiohttp session per provider, and the only place that
+catches transport exceptions and turns them into typed errors.
+
+Upstream HTTP errors are mapped here too: a client error the upstream blames on the
+request (400, 404, 413, 422) keeps its status and is not retried elsewhere; rate limits
+stay 429; anything else (5xx, auth or billing trouble with our provider account, garbage)
+is a 502 worth failing over.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import orjson
+
+from farebox.catalog.model import Provider
+from farebox.errors import ProviderError, UpstreamTimeout
+
+ERROR_BODY_MAX = 64 * 1024
+_CLIENT_ERRORS = {400, 404, 413, 422}
+_TRANSPORT = (aiohttp.ClientError, OSError, ValueError)  # ValueError: aiohttp's "line too long"
+
+
+class Upstreams:
+    def __init__(self, *, connect_timeout_s: float, idle_timeout_s: float, total_timeout_s: float,
+                 connections_max: int = 0) -> None:
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._connections_max = connections_max
+        self.timeout = aiohttp.ClientTimeout(total=total_timeout_s, sock_connect=connect_timeout_s,
+                                             sock_read=idle_timeout_s)
+
+    def session(self, provider: Provider) -> aiohttp.ClientSession:
+        session = self._sessions.get(provider.slug)
+        if session is None:
+            connector = aiohttp.TCPConnector(limit=self._connections_max, ttl_dns_cache=300,
+                                             enable_cleanup_closed=True)
+            session = aiohttp.ClientSession(connector=connector, timeout=self.timeout,
+                                            json_serialize=lambda o: orjson.dumps(o).decode(),
+                                            read_bufsize=1 << 20, auto_decompress=True)
+            self._sessions[provider.slug] = session
+        return session
+
+    async def close(self) -> None:
+        for session in self._sessions.values():
+            await session.close()
+        self._sessions.clear()
+
+    async def post(self, provider: Provider, url: str, body: bytes, headers: dict[str, str]) -> aiohttp.ClientResponse:
+        """POST and return the response once its status line and headers arrived.
+        Raises ProviderError/UpstreamTimeout for transport failures and error statuses."""
+        try:
+            response = await self.session(provider).post(url, data=body, headers=headers)
+        except TimeoutError:
+            raise UpstreamTimeout(f"{provider.name} did not answer in time", provider_name=provider.name) from None
+        except _TRANSPORT as e:
+            raise ProviderError(f"Could not reach {provider.name}: {_describe(e)}", provider_name=provider.name,
+                                raw=_describe(e)) from None
+        if response.status >= 400:
+            raise await _status_error(provider, response)
+        return response
+
+
+async def read_json(provider: Provider, response: aiohttp.ClientResponse) -> Any:
+    """The whole body of a non-streaming reply, parsed; garbage is a ProviderError."""
+    try:
+        data = await response.read()
+    except TimeoutError:
+        raise UpstreamTimeout(f"{provider.name} did not finish in time", provider_name=provider.name) from None
+    except _TRANSPORT as e:
+        raise ProviderError(f"{provider.name} broke off its response: {_describe(e)}",
+                            provider_name=provider.name, raw=_describe(e)) from None
+    finally:
+        response.release()
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise invalid_response(provider, data) from None
+
+
+async def read_line(provider: Provider, response: aiohttp.ClientResponse) -> bytes:
+    """One line of a streamed body (b"" at its end)."""
+    try:
+        return await response.content.readline()
+    except TimeoutError:
+        raise UpstreamTimeout(f"{provider.name} went silent mid-stream", provider_name=provider.name) from None
+    except _TRANSPORT as e:
+        raise ProviderError(f"{provider.name} broke off the stream: {_describe(e)}",
+                            provider_name=provider.name, raw=_describe(e)) from None
+
+
+def invalid_response(provider: Provider, data: bytes | str) -> ProviderError:
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+    return ProviderError(f"{provider.name} returned an invalid response", provider_name=provider.name,
+                         raw=text[:1000])
+
+
+async def _status_error(provider: Provider, response: aiohttp.ClientResponse) -> ProviderError:
+    status = response.status
+    try:
+        data = await response.content.read(ERROR_BODY_MAX)
+    except (TimeoutError, *_TRANSPORT):
+        data = b""
+    finally:
+        response.release()
+    try:
+        raw: Any = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raw = data.decode("utf-8", "replace")
+    headers = {}
+    if status == 429:
+        mapped, failover = 429, True
+        if "retry-after" in response.headers:
+            headers["Retry-After"] = response.headers["retry-after"]
+    elif status in _CLIENT_ERRORS:
+        mapped, failover = status, False
+    else:
+        mapped, failover = 502, True
+    return ProviderError("Provider returned error", provider_name=provider.name, raw=raw, status=mapped,
+                         failover=failover, headers=headers,
+                         error_type="rate_limit_exceeded" if status == 429 else
+                         "invalid_request" if status in _CLIENT_ERRORS else None)
+
+
+def _describe(e: BaseException) -> str:
+    text = str(e)
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__

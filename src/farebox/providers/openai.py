@@ -1,0 +1,115 @@
+"""The OpenAI Chat Completions dialect: OpenAI itself and every server that speaks it.
+
+The neutral request is already OpenAI-shaped, so a request needs only its model replaced,
+the gateway's own fields removed and usage reporting switched on for streams. Unknown
+fields pass through untouched: upstreams may support parameters we have never heard of.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import orjson
+
+from farebox.catalog.model import Provider
+from farebox.errors import ProviderError
+from farebox.ledger.pricing import Usage
+from farebox.providers.base import GATEWAY_FIELDS, Call, Reply, usage_from_openai
+from farebox.providers.http import Upstreams, invalid_response, read_json, read_line
+
+
+class OpenAIDialect:
+    def __init__(self, upstreams: Upstreams) -> None:
+        self.upstreams = upstreams
+
+    def request(self, call: Call, stream: bool) -> tuple[str, bytes, dict[str, str]]:
+        provider = call.endpoint.provider
+        body = {k: v for k, v in call.body.items() if k not in GATEWAY_FIELDS}
+        body["model"] = call.endpoint.upstream_model
+        reasoning = call.body.get("reasoning")
+        if isinstance(reasoning, dict) and "effort" in reasoning and "reasoning_effort" not in body:
+            body["reasoning_effort"] = reasoning["effort"]
+        if call.user_tag is not None:
+            body["user"] = call.user_tag
+        if stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        else:
+            body.pop("stream", None)
+            body.pop("stream_options", None)
+        headers = {"Content-Type": "application/json"}
+        if call.credential:
+            headers["Authorization"] = f"Bearer {call.credential}"
+        return f"{provider.base_url}/chat/completions", orjson.dumps(body), headers
+
+    async def complete(self, call: Call) -> Reply:
+        provider = call.endpoint.provider
+        url, body, headers = self.request(call, stream=False)
+        response = await self.upstreams.post(provider, url, body, headers)
+        data = await read_json(provider, response)
+        choices = data.get("choices") if isinstance(data, dict) else None
+        if not isinstance(choices, list) or not choices or not all(
+                isinstance(c, dict) and isinstance(c.get("message"), dict) for c in choices):
+            raise invalid_response(provider, orjson.dumps(data))
+        upstream_id = data.get("id")
+        return Reply(body=data, usage=usage_from_openai(data.get("usage")),
+                     upstream_id=upstream_id if isinstance(upstream_id, str) else None)
+
+    async def open_stream(self, call: Call) -> OpenAIStream:
+        provider = call.endpoint.provider
+        url, body, headers = self.request(call, stream=True)
+        response = await self.upstreams.post(provider, url, body, headers)
+        return OpenAIStream(provider, response)
+
+
+class OpenAIStream:
+    """Server-sent events from an OpenAI-dialect upstream, one chunk at a time."""
+
+    def __init__(self, provider: Provider, response: aiohttp.ClientResponse) -> None:
+        self.provider = provider
+        self.response = response
+        self.upstream_id: str | None = None
+        self.usage: Usage | None = None
+        self._done = False
+
+    async def next(self) -> dict[str, Any] | None:
+        while not self._done:
+            line = await read_line(self.provider, self.response)
+            if not line:
+                self.close()
+                # A stream that ends without [DONE] was cut off, unless it had finished.
+                raise ProviderError(f"{self.provider.name} closed the stream before it finished",
+                                    provider_name=self.provider.name, raw="stream ended without [DONE]")
+            if not line.startswith(b"data:"):
+                continue  # blank separators, comments, event: and id: fields
+            payload = line[5:].strip()
+            if payload == b"[DONE]":
+                self._done = True
+                self.response.release()
+                return None
+            try:
+                chunk = orjson.loads(payload)
+            except orjson.JSONDecodeError:
+                self.close()
+                raise invalid_response(self.provider, payload) from None
+            if not isinstance(chunk, dict):
+                self.close()
+                raise invalid_response(self.provider, payload)
+            error = chunk.get("error")
+            if error:
+                self.close()
+                raise ProviderError("Provider returned error", provider_name=self.provider.name, raw=error)
+            if self.upstream_id is None and isinstance(chunk.get("id"), str):
+                self.upstream_id = chunk["id"]
+            if "usage" in chunk:
+                usage = usage_from_openai(chunk.pop("usage"))
+                if usage is not None:
+                    self.usage = usage
+            return chunk
+        return None
+
+    def close(self) -> None:
+        if not self._done:
+            self._done = True
+            self.response.close()

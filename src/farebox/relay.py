@@ -1,0 +1,421 @@
+"""One request's lifecycle, and nothing else: plan -> hold -> attempts with failover ->
+settle or release -> generation record. It knows no HTTP: the api layer hands it a
+parsed request and, for streams, a sink to write events to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from farebox.catalog.model import Catalog, Endpoint
+from farebox.clock import Clock
+from farebox.errors import FareboxError, Forbidden, InsufficientCredits, UpstreamTimeout
+from farebox.ledger.book import Hold, Settlement, Shortfall
+from farebox.ledger.ledger import Ledger
+from farebox.ledger.pricing import (
+    FREE,
+    Cost,
+    PromptSize,
+    Usage,
+    affordable_output,
+    cost_of,
+    estimate_text_tokens,
+    is_insured,
+    max_cost,
+)
+from farebox.money import round_up_to_nanos, usd_json
+from farebox.providers.base import Call, Dialect, UpstreamStream, normalize_finish
+from farebox.routing.plan import plan
+from farebox.settings import Settings
+from farebox.tenancy.records import KeyRecord, Organization
+
+log = logging.getLogger("farebox.relay")
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    body: dict[str, Any]
+    key: KeyRecord
+    org: Organization
+    models: list[str]
+    stream: bool
+    max_tokens: int | None
+    prompt: PromptSize
+    gen_id: str
+    created: int              # unix seconds
+    created_ms: int
+    started: float            # clock.monotonic()
+    http_referer: str | None = None
+    title: str | None = None
+    user_agent: str | None = None
+
+
+class Sink(Protocol):
+    """Where a stream's events go; the api layer frames them as server-sent events."""
+
+    started: bool
+    disconnected: bool
+
+    def on_disconnect(self, callback: Any) -> None: ...
+    async def keepalive(self) -> None: ...
+    async def chunk(self, chunk: dict[str, Any]) -> None: ...
+    async def finish(self, chunk: dict[str, Any]) -> None: ...
+    async def fail(self, chunk: dict[str, Any]) -> None: ...
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What an attempt produced, ready to be priced and recorded."""
+
+    endpoint: Endpoint
+    usage: Usage
+    native_finish: str | None
+    finish: str | None
+    upstream_id: str | None
+    first_token_at: float | None
+    cancelled: bool = False
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+
+
+class ClientGone(Exception):
+    pass
+
+
+class Relay:
+    def __init__(self, *, catalog: Catalog, dialects: dict[str, Dialect], ledger: Ledger,
+                 settings: Settings, clock: Clock) -> None:
+        self.catalog, self.dialects, self.ledger = catalog, dialects, ledger
+        self.settings, self.clock = settings, clock
+
+    # -- planning and holds ----------------------------------------------------------
+    def routable(self, endpoint: Endpoint) -> str | None:
+        provider = endpoint.provider
+        if provider.dialect not in self.dialects:
+            return f"the {provider.dialect} dialect is not available yet"
+        if self.catalog.credential(provider) is None:
+            return f"no API key configured ({provider.api_key})"
+        return None
+
+    def plan(self, req: ChatRequest) -> list[Endpoint]:
+        return plan(self.catalog, req.models, max_tokens=req.max_tokens, routable=self.routable,
+                    attempts_max=self.settings.attempts_max)
+
+    def _bound(self, req: ChatRequest, endpoint: Endpoint) -> tuple[int, int]:
+        s = self.settings
+        prompt = req.prompt.bound(s.hold_request_tokens, s.hold_message_tokens, s.hold_image_tokens)
+        output = req.max_tokens or endpoint.max_completion_tokens
+        return prompt, output
+
+    def _hold(self, req: ChatRequest, hold: Hold | None, endpoint: Endpoint) -> Hold:
+        prompt, output = self._bound(req, endpoint)
+        amount = max_cost(endpoint.pricing, prompt, req.prompt.images, output)
+        book = self.ledger.book
+        if hold is None:
+            return book.hold(req.gen_id, f"org:{req.org.id}:wallet", amount, req.key.cap)
+        book.resize(hold, amount)
+        return hold
+
+    def _shortfall_error(self, req: ChatRequest, shortfall: Shortfall, endpoint: Endpoint) -> FareboxError:
+        prompt, output = self._bound(req, endpoint)
+        if shortfall.scope == "key" and shortfall.available <= 0:
+            period = shortfall.period or "total"
+            return Forbidden(f"Key limit exceeded ({period} limit). Manage it with the key API or `farebox keys`.",
+                             metadata={"limit_source": "key"})
+        affordable = affordable_output(endpoint.pricing, prompt, req.prompt.images, max(shortfall.available, 0))
+        where = ("raise this key's limit" if shortfall.scope == "key"
+                 else "add credits to your organization")
+        return InsufficientCredits(
+            f"This request requires more credits, or fewer max_tokens. You requested up to {output} tokens, "
+            f"but can only afford {affordable}. To increase, {where}.",
+            metadata={"requested_tokens": output, "affordable_tokens": affordable, "limit_source": shortfall.scope})
+
+    def _user_tag(self, req: ChatRequest) -> str | None:
+        user = req.body.get("user")
+        if not isinstance(user, str):
+            return None
+        return hashlib.sha256(f"{req.org.id}:{user}".encode()).hexdigest()[:32]
+
+    def _attempt(self, endpoint: Endpoint, status: int, started: float, upstream_id: str | None) -> dict[str, Any]:
+        return {"id": upstream_id, "endpoint_id": endpoint.id, "model_permaslug": endpoint.model_id,
+                "provider_name": endpoint.provider.name, "status": status,
+                "latency": round((self.clock.monotonic() - started) * 1000), "is_byok": False,
+                "routed_service_tier": None}
+
+    # -- non-streaming -------------------------------------------------------------
+    async def complete(self, req: ChatRequest) -> dict[str, Any]:
+        endpoints = self.plan(req)
+        hold: Hold | None = None
+        shortfall: tuple[Shortfall, Endpoint] | None = None
+        error: FareboxError | None = None
+        attempts: list[dict[str, Any]] = []
+        for endpoint in endpoints:
+            try:
+                hold = self._hold(req, hold, endpoint)
+            except Shortfall as s:
+                shortfall = shortfall or (s, endpoint)
+                continue
+            started = self.clock.monotonic()
+            call = Call(endpoint, req.body, self.catalog.credential(endpoint.provider) or "", self._user_tag(req))
+            try:
+                reply = await self.dialects[endpoint.provider.dialect].complete(call)
+            except FareboxError as e:
+                attempts.append(self._attempt(endpoint, e.status, started, None))
+                error = e
+                if not e.failover:
+                    break
+                continue
+            attempts.append(self._attempt(endpoint, 200, started, reply.upstream_id))
+            return await self._complete_reply(req, hold, endpoint, reply.body, reply.usage, reply.upstream_id,
+                                              attempts)
+        if hold is not None:
+            self.ledger.book.release(hold)
+        if error is not None:
+            raise error
+        assert shortfall is not None
+        raise self._shortfall_error(req, *shortfall)
+
+    async def _complete_reply(self, req: ChatRequest, hold: Hold, endpoint: Endpoint, body: dict[str, Any],
+                              usage: Usage | None, upstream_id: str | None,
+                              attempts: list[dict[str, Any]]) -> dict[str, Any]:
+        choices = body["choices"]
+        native = None
+        for choice in choices:
+            native_c = choice.get("finish_reason")
+            choice["native_finish_reason"] = native_c
+            choice["finish_reason"] = normalize_finish(native_c)
+            native = native if native is not None else native_c
+        if usage is None:
+            text = "".join(c["message"].get("content") or "" for c in choices
+                           if isinstance(c["message"].get("content"), str))
+            usage = Usage(prompt_tokens=req.prompt.estimate(), completion_tokens=estimate_text_tokens(text),
+                          estimated=True)
+        usage.images = req.prompt.images
+        outcome = Outcome(endpoint, usage, native, normalize_finish(native), upstream_id,
+                          self.clock.monotonic(), attempts=attempts)
+        cost, settlement = await self._settle(req, hold, outcome)
+        body["id"] = req.gen_id
+        body["provider"] = endpoint.provider.name
+        body["model"] = endpoint.model_id
+        body["object"] = "chat.completion"
+        body["created"] = req.created
+        body["usage"] = usage_wire(usage, cost, settlement)
+        return body
+
+    # -- streaming -----------------------------------------------------------------
+    async def stream(self, req: ChatRequest, sink: Sink) -> None:
+        endpoints = self.plan(req)
+        hold: Hold | None = None
+        shortfall: tuple[Shortfall, Endpoint] | None = None
+        error: FareboxError | None = None
+        attempts: list[dict[str, Any]] = []
+        opened: tuple[Endpoint, UpstreamStream, dict[str, Any] | None] | None = None
+        for endpoint in endpoints:
+            try:
+                hold = self._hold(req, hold, endpoint)
+            except Shortfall as s:
+                shortfall = shortfall or (s, endpoint)
+                continue
+            started = self.clock.monotonic()
+            call = Call(endpoint, req.body, self.catalog.credential(endpoint.provider) or "", self._user_tag(req))
+            try:
+                upstream, first = await self._open(call, sink)
+            except ClientGone:
+                attempts.append(self._attempt(endpoint, 499, started, None))
+                assert hold is not None
+                outcome = Outcome(endpoint, Usage(), None, None, None, None, cancelled=True, attempts=attempts)
+                await self._settle(req, hold, outcome)
+                return
+            except FareboxError as e:
+                attempts.append(self._attempt(endpoint, e.status, started, None))
+                error = e
+                if not e.failover:
+                    break
+                continue
+            attempts.append(self._attempt(endpoint, 200, started, upstream.upstream_id))
+            opened = (endpoint, upstream, first)
+            break
+        if opened is None:
+            if hold is not None:
+                self.ledger.book.release(hold)
+            if error is None:
+                assert shortfall is not None
+                error = self._shortfall_error(req, *shortfall)
+            if not sink.started:
+                raise error
+            await sink.fail(self._error_chunk(req, None, error))
+            return
+        assert hold is not None
+        await self._relay_stream(req, hold, sink, *opened, attempts)
+
+    async def _open(self, call: Call, sink: Sink) -> tuple[UpstreamStream, dict[str, Any] | None]:
+        """Open the upstream stream and read up to its first chunk with choices, sending
+        keep-alive comments to the client while it waits."""
+        task = asyncio.get_running_loop().create_task(self._open_first(call))
+        try:
+            while True:
+                done, _ = await asyncio.wait((task,), timeout=self.settings.sse_keepalive_s)
+                if done:
+                    return task.result()
+                if sink.disconnected:
+                    raise ClientGone
+                await sink.keepalive()
+        finally:
+            if not task.done():
+                task.cancel()
+                try:
+                    await task
+                except (asyncio.CancelledError, FareboxError):
+                    pass
+
+    async def _open_first(self, call: Call) -> tuple[UpstreamStream, dict[str, Any] | None]:
+        upstream: UpstreamStream | None = None
+        try:
+            async with asyncio.timeout(self.settings.upstream_first_byte_timeout_s):
+                upstream = await self.dialects[call.endpoint.provider.dialect].open_stream(call)
+                while True:
+                    chunk = await upstream.next()
+                    if chunk is None or chunk.get("choices"):
+                        return upstream, chunk
+        except TimeoutError:
+            if upstream is not None:
+                upstream.close()
+            raise UpstreamTimeout(f"{call.endpoint.provider.name} sent nothing within "
+                                  f"{self.settings.upstream_first_byte_timeout_s}s",
+                                  provider_name=call.endpoint.provider.name) from None
+        except BaseException:
+            if upstream is not None:
+                upstream.close()
+            raise
+
+    async def _relay_stream(self, req: ChatRequest, hold: Hold, sink: Sink, endpoint: Endpoint,
+                            upstream: UpstreamStream, chunk: dict[str, Any] | None,
+                            attempts: list[dict[str, Any]]) -> None:
+        sink.on_disconnect(upstream.close)
+        provider_name = endpoint.provider.name
+        tokens = 0
+        native: str | None = None
+        error: FareboxError | None = None
+        first_token_at = self.clock.monotonic()
+        try:
+            while chunk is not None:
+                if sink.disconnected:
+                    break
+                choices = chunk.get("choices")
+                if choices:
+                    chunk["id"] = req.gen_id
+                    chunk["provider"] = provider_name
+                    chunk["model"] = endpoint.model_id
+                    for choice in choices:
+                        reason = choice.get("finish_reason")
+                        choice["native_finish_reason"] = reason
+                        if reason:
+                            native = reason
+                            choice["finish_reason"] = normalize_finish(reason)
+                        delta = choice.get("delta")
+                        if delta and (delta.get("content") or delta.get("reasoning") or delta.get("tool_calls")
+                                      or delta.get("reasoning_content")):
+                            tokens += 1
+                    await sink.chunk(chunk)
+                chunk = await upstream.next()
+        except FareboxError as e:
+            if not sink.disconnected:
+                error = e
+        finally:
+            if sink.disconnected or error is not None:
+                upstream.close()
+        cancelled = sink.disconnected
+        usage = upstream.usage
+        if usage is None or cancelled:
+            # The upstream's own count when it sent one, else what reached the client.
+            usage = usage or Usage(prompt_tokens=req.prompt.estimate(), completion_tokens=tokens, estimated=True)
+        usage.images = req.prompt.images
+        finish = "error" if error is not None else normalize_finish(native)
+        outcome = Outcome(endpoint, usage, native, finish, upstream.upstream_id, first_token_at,
+                          cancelled=cancelled, attempts=attempts)
+        try:
+            cost, settlement = await self._settle(req, hold, outcome)
+        except FareboxError as e:
+            if not cancelled:
+                await sink.fail(self._error_chunk(req, endpoint, e))
+            return
+        if cancelled:
+            return
+        if error is not None:
+            await sink.fail(self._error_chunk(req, endpoint, error))
+            return
+        await sink.finish({"id": req.gen_id, "provider": provider_name, "model": endpoint.model_id,
+                           "object": "chat.completion.chunk", "created": req.created, "choices": [],
+                           "usage": usage_wire(usage, cost, settlement)})
+
+    def _error_chunk(self, req: ChatRequest, endpoint: Endpoint | None, error: FareboxError) -> dict[str, Any]:
+        metadata = dict(error.metadata)
+        metadata["error_type"] = error.error_type
+        return {"id": req.gen_id, "object": "chat.completion.chunk", "created": req.created,
+                "model": endpoint.model_id if endpoint else req.models[0],
+                "provider": endpoint.provider.name if endpoint else None,
+                "error": {"code": error.status, "message": error.message, "metadata": metadata},
+                "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "error",
+                             "native_finish_reason": None}]}
+
+    # -- settlement ----------------------------------------------------------------
+    async def _settle(self, req: ChatRequest, hold: Hold, outcome: Outcome) -> tuple[Cost, Settlement]:
+        endpoint = outcome.endpoint
+        cost = FREE if is_insured(outcome.usage, outcome.finish) else cost_of(endpoint.pricing, outcome.usage)
+        hold_amount = hold.amount
+        settlement = self.ledger.book.settle(
+            hold, cost.total, reference=f"charge:{req.gen_id}", created_at=self.clock.now_ms(),
+            org_id=req.org.id, key_hash=req.key.hash, generation_id=req.gen_id)
+        if settlement.overrun:
+            log.warning("overrun on %s: %s billed %d nano-dollars beyond the hold of %d", req.gen_id,
+                        endpoint.provider.name, settlement.overrun, hold_amount)
+        record = self._record(req, outcome, cost, settlement, hold_amount)
+        await self.ledger.commit(settlement, req.key.cap, record)
+        return cost, settlement
+
+    def _record(self, req: ChatRequest, o: Outcome, cost: Cost, settlement: Settlement,
+                hold_amount: int) -> dict[str, Any]:
+        now = self.clock.monotonic()
+        u = o.usage
+        body = req.body
+        return {
+            "id": req.gen_id, "org_id": req.org.id, "workspace_id": req.key.workspace_id, "key_hash": req.key.hash,
+            "created_at_ms": req.created_ms, "model": o.endpoint.model_id, "provider_name": o.endpoint.provider.name,
+            "endpoint_id": o.endpoint.id, "upstream_id": o.upstream_id, "streamed": req.stream,
+            "cancelled": o.cancelled, "latency_ms": round((now - req.started) * 1000),
+            "generation_time_ms": round((now - o.first_token_at) * 1000) if o.first_token_at else None,
+            "finish_reason": o.finish, "native_finish_reason": o.native_finish,
+            "tokens_prompt": u.prompt_tokens, "tokens_completion": u.completion_tokens,
+            "native_tokens_reasoning": u.reasoning_tokens, "native_tokens_cached": u.cached_tokens,
+            "native_tokens_cache_write": u.cache_write_tokens, "usage_estimated": u.estimated,
+            "num_media_prompt": req.prompt.images, "total_cost_nanos": cost.total,
+            "charged_nanos": settlement.charged, "overrun_nanos": settlement.overrun, "hold_nanos": hold_amount,
+            "cost_items_attos": cost.items(), "cache_discount_attos": cost.cache_discount,
+            "provider_responses": o.attempts, "http_referer": req.http_referer, "app_title": req.title,
+            "user_agent": req.user_agent, "external_user": body.get("user") if isinstance(body.get("user"), str) else None,
+            "session_id": body.get("session_id") if isinstance(body.get("session_id"), str) else None,
+            "requested_model": req.models[0],
+        }
+
+
+def usage_wire(usage: Usage, cost: Cost, settlement: Settlement) -> dict[str, Any]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+        "cost": usd_json(settlement.charged),
+        "is_byok": False,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens, "cache_write_tokens": usage.cache_write_tokens,
+                                  "audio_tokens": 0, "video_tokens": 0},
+        "cost_details": {
+            "upstream_inference_cost": usd_json(cost.total),
+            "upstream_inference_prompt_cost": usd_json(round_up_to_nanos(
+                cost.prompt + cost.cache_read + cost.cache_write + cost.request + cost.image)),
+            "upstream_inference_completions_cost": usd_json(round_up_to_nanos(cost.completion + cost.reasoning)),
+        },
+        "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens, "image_tokens": 0,
+                                      "audio_tokens": 0},
+    }

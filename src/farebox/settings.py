@@ -1,0 +1,166 @@
+"""Settings: defaults <- optional TOML file <- FAREBOX_* environment. Frozen once loaded.
+
+Every field carries a one-line doc (`docs/settings.md` repeats it; a test keeps the two
+in step). Unknown keys and bad values raise ConfigError naming where they came from:
+`farebox.toml: port: ...` or `FAREBOX_PORT: ...`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from farebox.errors import ConfigError
+
+ENV_PREFIX = "FAREBOX_"
+# Environment variables that configure the command-line client, not the server.
+CLIENT_ENV = {"FAREBOX_URL", "FAREBOX_MANAGEMENT_KEY", "FAREBOX_CONFIG", "FAREBOX_HOME"}
+
+
+def _s(default: Any, doc: str, *, choices: tuple[str, ...] = (), minimum: float | None = None) -> Any:
+    return field(default=default, metadata={"doc": doc, "choices": choices, "minimum": minimum})
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: str = _s("~/.farebox", "Directory for the SQLite database, the management key and other generated secrets (FAREBOX_HOME).")
+    host: str = _s("127.0.0.1", "Address `farebox serve` listens on.")
+    port: int = _s(8080, "Port `farebox serve` listens on.", minimum=0)
+    database_path: str = _s("", "SQLite database file; empty means `<home>/farebox.db`.")
+    sqlite_synchronous: str = _s("NORMAL", "SQLite `synchronous` pragma: NORMAL survives a process crash, FULL also a power loss.", choices=("NORMAL", "FULL"))
+    writer_batch_max: int = _s(2048, "Most ledger entries and generation records committed in one group-commit transaction.", minimum=1)
+    body_bytes_max: int = _s(16 * 1024 * 1024, "Largest accepted request body in bytes; larger bodies get 413.", minimum=1024)
+    hold_timeout_s: float = _s(900.0, "Seconds after which an unsettled hold expires and its amount becomes available again.", minimum=1)
+    hold_sweep_interval_s: float = _s(5.0, "Seconds between sweeps that expire old holds.", minimum=0.01)
+    hold_request_tokens: int = _s(64, "Prompt tokens a hold adds once per request, on top of the text, for the provider's framing.", minimum=0)
+    hold_message_tokens: int = _s(16, "Prompt tokens a hold adds per message for role and separator tokens.", minimum=0)
+    hold_image_tokens: int = _s(6000, "Prompt tokens a hold counts per input image (the largest any provider bills for one image).", minimum=0)
+    upstream_connect_timeout_s: float = _s(10.0, "Seconds to open a connection to an upstream before failing over.", minimum=0.01)
+    upstream_first_byte_timeout_s: float = _s(120.0, "Seconds a streaming attempt may wait for its first event before failing over.", minimum=0.01)
+    upstream_idle_timeout_s: float = _s(120.0, "Seconds a stream may stay silent between events before it is ended as a timeout.", minimum=0.01)
+    upstream_timeout_s: float = _s(600.0, "Seconds one attempt may take in total, streaming or not.", minimum=0.01)
+    upstream_connections_max: int = _s(0, "Most open connections per provider pool; 0 means unlimited.", minimum=0)
+    attempts_max: int = _s(3, "Most upstream attempts (endpoints tried) for one request.", minimum=1)
+    sse_keepalive_s: float = _s(1.0, "Seconds between `: OPENROUTER PROCESSING` comments while a stream waits for its first token.", minimum=0.01)
+    catalog_path: str = _s("", "Extra catalog TOML file whose providers and models add to or replace the built-in ones.")
+    catalog_builtin: bool = _s(True, "Load the catalog that ships with Farebox (real providers and list prices).")
+    log_level: str = _s("info", "Log level of the server.", choices=("debug", "info", "warning", "error"))
+    access_log: bool = _s(False, "Log one line per HTTP request (costs throughput).")
+
+    # -- derived paths -------------------------------------------------------------
+    @property
+    def home_path(self) -> Path:
+        return Path(self.home).expanduser()
+
+    @property
+    def database_file(self) -> Path:
+        return Path(self.database_path).expanduser() if self.database_path else self.home_path / "farebox.db"
+
+    @property
+    def management_key_file(self) -> Path:
+        return self.home_path / "management_key"
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def _coerce(name: str, raw: Any, where: str, from_env: bool) -> Any:
+    f = FIELDS[name]
+    kind = f.type if isinstance(f.type, str) else f.type.__name__
+    label = f"{where}: {name}"
+    try:
+        if kind == "bool":
+            if isinstance(raw, bool):
+                value: Any = raw
+            elif from_env and isinstance(raw, str) and raw.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                value = raw.lower() in ("1", "true", "yes", "on")
+            else:
+                raise ValueError("expected true or false")
+        elif kind == "int":
+            if isinstance(raw, bool) or not isinstance(raw, int | str) or (isinstance(raw, str) and not from_env):
+                raise ValueError("expected an integer")
+            value = int(raw)
+        elif kind == "float":
+            if isinstance(raw, bool) or not isinstance(raw, int | float | str) or (isinstance(raw, str) and not from_env):
+                raise ValueError("expected a number")
+            value = float(raw)
+            if value != value or value in (float("inf"), float("-inf")):
+                raise ValueError("expected a finite number")
+        elif kind == "str":
+            if not isinstance(raw, str):
+                raise ValueError("expected a string")
+            value = raw
+        else:  # pragma: no cover - a new field type needs a branch here
+            raise AssertionError(kind)
+    except ValueError as e:
+        raise ConfigError(f"{label}: {e}, got {raw!r}") from None
+    choices = f.metadata["choices"]
+    if choices and value not in choices:
+        raise ConfigError(f"{label}: must be one of {', '.join(choices)}, got {value!r}")
+    minimum = f.metadata["minimum"]
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{label}: must be at least {minimum}, got {value!r}")
+    return value
+
+
+def load_settings(
+    config_file: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Build settings from defaults, then the TOML file, then the environment, then
+    explicit overrides (command-line flags)."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+
+    home = env.get("FAREBOX_HOME")
+    if home:
+        values["home"] = home
+    path = config_file or env.get("FAREBOX_CONFIG")
+    if path is None:
+        candidate = Path(values.get("home", Settings.home)).expanduser() / "farebox.toml"
+        path = candidate if candidate.exists() else None
+    if path is not None:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: file not found") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: {e}") from None
+        for key, raw in data.items():
+            if key not in FIELDS:
+                raise ConfigError(f"{path}: {key}: unknown setting")
+            values[key] = _coerce(key, raw, str(path), from_env=False)
+
+    for var, raw in env.items():
+        if not var.startswith(ENV_PREFIX) or var in CLIENT_ENV:
+            continue
+        key = var[len(ENV_PREFIX):].lower()
+        if key not in FIELDS:
+            raise ConfigError(f"{var}: unknown setting")
+        values[key] = _coerce(key, raw, var, from_env=True)
+    if home:
+        values["home"] = home
+
+    for key, raw in overrides.items():
+        if raw is None:
+            continue
+        if key not in FIELDS:
+            raise ConfigError(f"--{key}: unknown setting")
+        values[key] = raw
+
+    settings = Settings(**values)
+    if settings.hold_timeout_s <= settings.upstream_timeout_s:
+        raise ConfigError(
+            "hold_timeout_s: must exceed upstream_timeout_s, or a hold could expire while its request still runs"
+        )
+    return settings

@@ -1,0 +1,95 @@
+"""The schema, as an ordered list of migrations. A database records the migrations it
+has applied in `schema_migrations`; start-up applies the rest, each in its own
+transaction. Never edit a released migration: append a new one.
+
+Every money table carries the organization id so accounts can later shard by it.
+"""
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (1, """
+CREATE TABLE organizations (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE workspaces (
+    id INTEGER PRIMARY KEY,
+    org_id INTEGER NOT NULL REFERENCES organizations(id),
+    name TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    UNIQUE (org_id, name)
+);
+CREATE TABLE keys (
+    hash TEXT PRIMARY KEY,
+    kind TEXT NOT NULL CHECK (kind IN ('api', 'management')),
+    org_id INTEGER REFERENCES organizations(id),
+    workspace_id INTEGER REFERENCES workspaces(id),
+    name TEXT NOT NULL,
+    label TEXT NOT NULL,
+    disabled INTEGER NOT NULL DEFAULT 0,
+    deleted INTEGER NOT NULL DEFAULT 0,
+    limit_nanos INTEGER CHECK (limit_nanos IS NULL OR limit_nanos >= 0),
+    limit_reset TEXT CHECK (limit_reset IS NULL OR limit_reset IN ('daily', 'weekly', 'monthly')),
+    include_byok_in_limit INTEGER NOT NULL DEFAULT 0,
+    expires_at INTEGER,
+    creator_user_id TEXT,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER
+);
+CREATE TABLE accounts (
+    id TEXT PRIMARY KEY,
+    org_id INTEGER REFERENCES organizations(id),
+    kind TEXT NOT NULL,
+    floored INTEGER NOT NULL,
+    balance INTEGER NOT NULL DEFAULT 0
+);
+-- Defence in depth: the book never lets a customer's balance go negative; the
+-- database refuses it too.
+CREATE TRIGGER accounts_floor BEFORE UPDATE OF balance ON accounts
+WHEN NEW.floored = 1 AND NEW.balance < 0
+BEGIN SELECT RAISE(ABORT, 'balance below zero'); END;
+CREATE TABLE entries (
+    id INTEGER PRIMARY KEY,
+    created_at INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    from_account TEXT NOT NULL REFERENCES accounts(id),
+    to_account TEXT NOT NULL REFERENCES accounts(id),
+    amount INTEGER NOT NULL CHECK (amount > 0),
+    reference TEXT NOT NULL UNIQUE,
+    org_id INTEGER,
+    key_hash TEXT,
+    generation_id TEXT,
+    memo TEXT
+);
+CREATE TRIGGER entries_append_only_update BEFORE UPDATE ON entries
+BEGIN SELECT RAISE(ABORT, 'entries are append-only'); END;
+CREATE TRIGGER entries_append_only_delete BEFORE DELETE ON entries
+BEGIN SELECT RAISE(ABORT, 'entries are append-only'); END;
+CREATE INDEX entries_generation ON entries (generation_id) WHERE generation_id IS NOT NULL;
+CREATE INDEX entries_key ON entries (key_hash, created_at) WHERE key_hash IS NOT NULL;
+CREATE INDEX entries_from ON entries (from_account);
+CREATE INDEX entries_to ON entries (to_account);
+CREATE TABLE generations (
+    id TEXT PRIMARY KEY,
+    org_id INTEGER NOT NULL,
+    workspace_id INTEGER,
+    key_hash TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    model TEXT NOT NULL,
+    provider TEXT,
+    total_cost INTEGER NOT NULL,
+    charged INTEGER NOT NULL,
+    tokens_prompt INTEGER NOT NULL,
+    tokens_completion INTEGER NOT NULL,
+    streamed INTEGER NOT NULL,
+    cancelled INTEGER NOT NULL,
+    finish_reason TEXT,
+    data BLOB NOT NULL
+);
+CREATE INDEX generations_org ON generations (org_id, created_at);
+INSERT INTO accounts (id, org_id, kind, floored) VALUES
+    ('system:grants', NULL, 'grants', 0),
+    ('system:revenue', NULL, 'revenue', 0),
+    ('system:overrun', NULL, 'overrun', 0);
+"""),
+]

@@ -1,0 +1,140 @@
+"""SQLite persistence: one writer connection (used only by the group-commit thread) and
+one reader connection (used through `read`, off the event loop).
+
+WAL mode lets the reader see every committed batch while the writer works. With
+`synchronous=NORMAL` a commit survives a process crash (kill -9); FULL also survives
+power loss at the cost of an fsync per batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+
+from farebox.ledger.entries import Entry, is_floored
+from farebox.store.schema import MIGRATIONS
+
+T = TypeVar("T")
+
+
+def connect(path: Path, synchronous: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=10000")
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER)")
+    done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+    for version, sql in MIGRATIONS:
+        if version in done:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _statements(sql):
+                conn.execute(statement)
+            conn.execute("INSERT INTO schema_migrations VALUES (?, strftime('%s','now'))", (version,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return max(v for v, _ in MIGRATIONS)
+
+
+def _statements(sql: str) -> list[str]:
+    """Split a migration into statements; trigger bodies contain ';' so use sqlite3's own
+    completeness check."""
+    out, buf = [], ""
+    for line in sql.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            if buf.strip():
+                out.append(buf.strip())
+            buf = ""
+    assert not buf.strip(), buf
+    return out
+
+
+class Store:
+    def __init__(self, path: Path, synchronous: str = "NORMAL") -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.writer_conn = connect(path, synchronous)
+        migrate(self.writer_conn)
+        self.reader_conn = connect(path, synchronous)
+        self._read_lock = threading.Lock()
+
+    def close(self) -> None:
+        self.writer_conn.close()
+        self.reader_conn.close()
+
+    # -- reads -------------------------------------------------------------------
+    def read_sync(self, fn: Callable[..., T], *args: Any) -> T:
+        with self._read_lock:
+            return fn(self.reader_conn, *args)
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.to_thread(self.read_sync, fn, *args)
+
+
+# -- write operations: each runs inside the writer's transaction --------------------
+
+def post_entries(conn: sqlite3.Connection, entries: list[Entry]) -> None:
+    if not entries:
+        return
+    conn.executemany(
+        "INSERT INTO entries (created_at, kind, from_account, to_account, amount, reference, org_id,"
+        " key_hash, generation_id, memo) VALUES (?,?,?,?,?,?,?,?,?,?)",
+        [(e.created_at, e.kind, e.from_account, e.to_account, e.amount, e.reference, e.org_id,
+          e.key_hash, e.generation_id, e.memo) for e in entries],
+    )
+    deltas: dict[str, int] = defaultdict(int)
+    for e in entries:
+        deltas[e.from_account] -= e.amount
+        deltas[e.to_account] += e.amount
+    conn.executemany("UPDATE accounts SET balance = balance + ? WHERE id = ?",
+                     [(d, a) for a, d in deltas.items() if d])
+
+
+def insert_generation(conn: sqlite3.Connection, g: dict[str, Any]) -> None:
+    conn.execute(
+        "INSERT INTO generations (id, org_id, workspace_id, key_hash, created_at, model, provider, total_cost,"
+        " charged, tokens_prompt, tokens_completion, streamed, cancelled, finish_reason, data)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (g["id"], g["org_id"], g["workspace_id"], g["key_hash"], g["created_at_ms"], g["model"],
+         g["provider_name"], g["total_cost_nanos"], g["charged_nanos"], g["tokens_prompt"],
+         g["tokens_completion"], int(g["streamed"]), int(g["cancelled"]), g["finish_reason"], orjson.dumps(g)),
+    )
+
+
+def settle(conn: sqlite3.Connection, entries: list[Entry], generation: dict[str, Any]) -> None:
+    """A request's charge and its generation record, in the same transaction."""
+    post_entries(conn, entries)
+    insert_generation(conn, generation)
+
+
+def grant(conn: sqlite3.Connection, entry: Entry) -> tuple[bool, Entry]:
+    """Post a grant unless its reference was seen before; return (new, the stored entry)."""
+    row = conn.execute(
+        "SELECT kind, from_account, to_account, amount, reference, created_at, org_id, memo"
+        " FROM entries WHERE reference = ?", (entry.reference,)).fetchone()
+    if row is not None:
+        kind, src, dst, amount, ref, created, org_id, memo = row
+        return False, Entry(kind, src, dst, amount, ref, created, org_id, memo=memo)
+    post_entries(conn, [entry])
+    return True, entry
+
+
+def ensure_account(conn: sqlite3.Connection, account: str, org_id: int | None, kind: str) -> None:
+    conn.execute("INSERT OR IGNORE INTO accounts (id, org_id, kind, floored) VALUES (?,?,?,?)",
+                 (account, org_id, kind, int(is_floored(account))))
