@@ -85,6 +85,20 @@ class ClientGone(Exception):
     pass
 
 
+_SUBSTANCE = ("content", "reasoning", "reasoning_content", "tool_calls", "refusal", "reasoning_details")
+
+
+def _substantive(choices: list[dict[str, Any]]) -> bool:
+    """Does a chunk carry anything but an empty role announcement?"""
+    for choice in choices:
+        if choice.get("finish_reason"):
+            return True
+        delta = choice.get("delta")
+        if delta and any(delta.get(k) for k in _SUBSTANCE):
+            return True
+    return False
+
+
 class Relay:
     def __init__(self, *, catalog: Catalog, dialects: dict[str, Dialect], ledger: Ledger,
                  settings: Settings, clock: Clock) -> None:
@@ -212,7 +226,7 @@ class Relay:
         shortfall: tuple[Shortfall, Endpoint] | None = None
         error: FareboxError | None = None
         attempts: list[dict[str, Any]] = []
-        opened: tuple[Endpoint, UpstreamStream, dict[str, Any] | None] | None = None
+        opened: tuple[Endpoint, UpstreamStream, list[dict[str, Any]], bool] | None = None
         for endpoint in endpoints:
             try:
                 hold = self._hold(req, hold, endpoint)
@@ -222,7 +236,7 @@ class Relay:
             started = self.clock.monotonic()
             call = Call(endpoint, req.body, self.catalog.credential(endpoint.provider) or "", self._user_tag(req))
             try:
-                upstream, first = await self._open(call, sink)
+                upstream, held, ended = await self._open(call, sink)
             except ClientGone:
                 attempts.append(self._attempt(endpoint, 499, started, None))
                 assert hold is not None
@@ -236,7 +250,7 @@ class Relay:
                     break
                 continue
             attempts.append(self._attempt(endpoint, 200, started, upstream.upstream_id))
-            opened = (endpoint, upstream, first)
+            opened = (endpoint, upstream, held, ended)
             break
         if opened is None:
             if hold is not None:
@@ -251,7 +265,7 @@ class Relay:
         assert hold is not None
         await self._relay_stream(req, hold, sink, *opened, attempts)
 
-    async def _open(self, call: Call, sink: Sink) -> tuple[UpstreamStream, dict[str, Any] | None]:
+    async def _open(self, call: Call, sink: Sink) -> tuple[UpstreamStream, list[dict[str, Any]], bool]:
         """Open the upstream stream and read up to its first chunk with choices, sending
         keep-alive comments to the client while it waits."""
         task = asyncio.get_running_loop().create_task(self._open_first(call))
@@ -271,15 +285,26 @@ class Relay:
                 except (asyncio.CancelledError, FareboxError):
                     pass
 
-    async def _open_first(self, call: Call) -> tuple[UpstreamStream, dict[str, Any] | None]:
+    async def _open_first(self, call: Call) -> tuple[UpstreamStream, list[dict[str, Any]], bool]:
+        """Open the stream and read until its first chunk that carries something (a token,
+        a tool call, a finish reason). Chunks before it (the role announcement) are held
+        back, so an upstream that fails before its first token can still be failed over
+        without the client having seen anything. Returns the held chunks and whether the
+        stream already ended."""
         upstream: UpstreamStream | None = None
+        held: list[dict[str, Any]] = []
         try:
             async with asyncio.timeout(self.settings.upstream_first_byte_timeout_s):
                 upstream = await self.dialects[call.endpoint.provider.dialect].open_stream(call)
                 while True:
                     chunk = await upstream.next()
-                    if chunk is None or chunk.get("choices"):
-                        return upstream, chunk
+                    if chunk is None:
+                        return upstream, held, True
+                    choices = chunk.get("choices")
+                    if choices:
+                        held.append(chunk)
+                        if _substantive(choices):
+                            return upstream, held, False
         except TimeoutError:
             if upstream is not None:
                 upstream.close()
@@ -292,7 +317,7 @@ class Relay:
             raise
 
     async def _relay_stream(self, req: ChatRequest, hold: Hold, sink: Sink, endpoint: Endpoint,
-                            upstream: UpstreamStream, chunk: dict[str, Any] | None,
+                            upstream: UpstreamStream, held: list[dict[str, Any]], ended: bool,
                             attempts: list[dict[str, Any]]) -> None:
         sink.on_disconnect(upstream.close)
         provider_name = endpoint.provider.name
@@ -300,6 +325,8 @@ class Relay:
         native: str | None = None
         error: FareboxError | None = None
         first_token_at = self.clock.monotonic()
+        pending = iter(held)
+        chunk = next(pending, None)
         try:
             while chunk is not None:
                 if sink.disconnected:
@@ -320,7 +347,9 @@ class Relay:
                                       or delta.get("reasoning_content")):
                             tokens += 1
                     await sink.chunk(chunk)
-                chunk = await upstream.next()
+                chunk = next(pending, None)
+                if chunk is None and not ended:
+                    chunk = await upstream.next()
         except FareboxError as e:
             if not sink.disconnected:
                 error = e

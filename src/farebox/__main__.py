@@ -1,0 +1,3 @@
+from farebox.cli.main import main
+
+main()

@@ -1,0 +1,72 @@
+"""Fixtures: one simulator and one gateway per test session (fresh organizations per
+test), plus `make_gateway` for tests that need their own settings. Every gateway's
+ledger is verified when the test that used it ends."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.e2e.procs import Gateway, start_sim
+
+_names = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def sim_url() -> Iterator[str]:
+    proc, url = start_sim()
+    yield url
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_gateway(sim_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    gw = Gateway(tmp_path_factory.mktemp("gateway"), sim_url).start()
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture
+def gateway(shared_gateway: Gateway) -> Iterator[Gateway]:
+    yield shared_gateway
+    report = shared_gateway.verify()
+    assert report["ok"], report
+
+
+@pytest.fixture
+def make_gateway(sim_url: str, tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
+    started: list[Gateway] = []
+
+    def make(**settings: object) -> Gateway:
+        env = {f"FAREBOX_{k.upper()}": str(v).lower() if isinstance(v, bool) else str(v) for k, v in settings.items()}
+        gw = Gateway(tmp_path / f"gw{len(started)}", sim_url, env).start()
+        started.append(gw)
+        return gw
+
+    yield make
+    for gw in started:
+        if gw.proc is not None and gw.proc.popen.poll() is None:
+            report = gw.verify()
+            assert report["ok"], report
+        gw.stop()
+
+
+@pytest.fixture
+def org_name() -> str:
+    return f"org{next(_names)}"
+
+
+@pytest.fixture
+def funded(gateway: Gateway, org_name: str) -> tuple[Gateway, str, str]:
+    """(gateway, organization, API key) with $5.00 of credits."""
+    gateway.org(org_name, "5.00")
+    key, _ = gateway.key(org_name)
+    return gateway, org_name, key
+
+
+def client(gw: Gateway, key: str, **kw: object) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.api, api_key=key, max_retries=0, **kw)  # type: ignore[arg-type]

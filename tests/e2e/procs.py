@@ -1,0 +1,205 @@
+"""Real processes for end-to-end tests: `farebox sim` and `farebox serve`, each started
+with `python -m farebox` on a free port (port 0, read back from the line the command
+prints once it is listening)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from farebox.catalog.simulated import sim_catalog
+
+READY_S = 30
+
+# A provider whose every answer is a 503 (the simulator's URL-prefix control), a model
+# only it serves, and a model it serves more cheaply than the working simulator, so the
+# router tries it first and must fail over.
+BROKEN = """
+[providers.sim-broken]
+name = "Broken Simulator"
+dialect = "openai"
+base_url = "{sim}/_sim/status=503/v1"
+api_key = "none"
+trains_on_prompts = false
+retains_prompts = false
+
+[[models]]
+id = "sim/broken"
+name = "Simulated: always failing"
+context_length = 128000
+
+[[models.endpoints]]
+provider = "sim-broken"
+model = "sim-small"
+max_completion_tokens = 16384
+pricing = {{ prompt = "0.00000015", completion = "0.0000006" }}
+
+[[models]]
+id = "sim/flaky"
+name = "Simulated: one failing endpoint"
+context_length = 128000
+
+[[models.endpoints]]
+provider = "sim-broken"
+model = "sim-small"
+max_completion_tokens = 16384
+pricing = {{ prompt = "0.0000001", completion = "0.0000004" }}
+
+[[models.endpoints]]
+provider = "sim"
+model = "sim-small"
+max_completion_tokens = 16384
+pricing = {{ prompt = "0.00000015", completion = "0.0000006" }}
+"""
+
+
+class Proc:
+    def __init__(self, args: list[str], env: dict[str, str], ready: str) -> None:
+        self.args = args
+        self.lines: list[str] = []
+        self.popen = subprocess.Popen([sys.executable, "-m", "farebox", *args], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True, bufsize=1)
+        self._ready = threading.Event()
+        self._pattern = re.compile(ready)
+        self.match: re.Match[str] | None = None
+        threading.Thread(target=self._pump, daemon=True).start()
+        if not self._ready.wait(READY_S) or self.match is None:
+            self.stop()
+            raise RuntimeError(f"farebox {' '.join(args)} did not start:\n" + "".join(self.lines[-50:]))
+
+    def _pump(self) -> None:
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            self.lines.append(line)
+            if self.match is None:
+                self.match = self._pattern.search(line)
+                if self.match:
+                    self._ready.set()
+        self._ready.set()
+
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def kill(self) -> None:
+        """kill -9: no shutdown, no flush, nothing."""
+        self.popen.send_signal(signal.SIGKILL)
+        self.popen.wait(10)
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def start_sim() -> tuple[Proc, str]:
+    proc = Proc(["sim", "--port", "0"], dict(os.environ), r"listening on (http://\S+)")
+    assert proc.match is not None
+    return proc, proc.match.group(1)
+
+
+def http(method: str, url: str, body: Any = None, key: str | None = None,
+         headers: dict[str, str] | None = None, raw: bytes | None = None) -> tuple[int, Any, dict[str, str]]:
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    request = urllib.request.Request(url, data=data, method=method)
+    if key:
+        request.add_header("Authorization", f"Bearer {key}")
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    for k, v in (headers or {}).items():
+        request.add_header(k, v)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            payload = response.read()
+            return response.status, _json(payload), dict(response.headers)
+    except urllib.error.HTTPError as e:
+        return e.code, _json(e.read()), dict(e.headers)
+
+
+def _json(payload: bytes) -> Any:
+    try:
+        # USD amounts are exact decimals on the wire; never read them as floats.
+        return json.loads(payload, parse_float=Decimal) if payload else None
+    except ValueError:
+        return payload.decode(errors="replace")
+
+
+@dataclass
+class Gateway:
+    home: Path
+    sim_url: str
+    env_overrides: dict[str, str] = field(default_factory=dict)
+    proc: Proc | None = None
+    url: str = ""
+    management_key: str = ""
+
+    def start(self) -> Gateway:
+        self.home.mkdir(parents=True, exist_ok=True)
+        catalog = self.home / "catalog.toml"
+        catalog.write_text(sim_catalog(f"{self.sim_url}/v1") + BROKEN.format(sim=self.sim_url))
+        env = dict(os.environ)
+        env.update({"FAREBOX_HOME": str(self.home), "FAREBOX_PORT": "0", "FAREBOX_CATALOG_PATH": str(catalog),
+                    "FAREBOX_CATALOG_BUILTIN": "false", "FAREBOX_LOG_LEVEL": "warning"})
+        env.update(self.env_overrides)
+        self.proc = Proc(["serve"], env, r"farebox serving on (http://\S+)")
+        assert self.proc.match is not None
+        self.url = self.proc.match.group(1)
+        self.management_key = (self.home / "management_key").read_text().strip()
+        return self
+
+    @property
+    def api(self) -> str:
+        return f"{self.url}/api/v1"
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+
+    def admin(self, method: str, path: str, body: Any = None) -> Any:
+        status, data, _ = http(method, self.api + path, body, self.management_key)
+        assert status < 300, (status, data)
+        return data
+
+    def org(self, name: str, credits: str | None = None) -> str:
+        self.admin("POST", "/organizations", {"name": name})
+        if credits is not None:
+            self.admin("POST", f"/organizations/{name}/credits", {"amount": credits, "reference": f"{name}-initial"})
+        return name
+
+    def key(self, org: str, **options: Any) -> tuple[str, str]:
+        data = self.admin("POST", "/keys", {"organization": org, "name": options.pop("name", "test"), **options})
+        return data["key"], data["data"]["hash"]
+
+    def balance(self, org: str) -> Decimal:
+        """The organization's balance in USD, exactly."""
+        return Decimal(self.admin("GET", f"/organizations/{org}")["data"]["balance"])
+
+    def verify(self) -> dict[str, Any]:
+        return self.admin("GET", "/ledger/verify")["data"]
+
+    def wait_idle(self, timeout: float = 10.0) -> None:
+        """Wait until no hold is open (every in-flight request has settled)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.verify()["counts"].get("open_holds", 0) == 0:
+                return
+            time.sleep(0.05)
+        raise AssertionError("holds still open")

@@ -1,0 +1,126 @@
+"""The ledger under pressure: a burst far larger than the balance, and a kill -9 mid-load."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from decimal import Decimal
+
+import httpx2
+import openai
+import pytest
+
+from farebox.ledger.verify import verify_store
+from tests.e2e.conftest import client
+from tests.e2e.procs import Gateway, http
+
+MSG = [{"role": "user", "content": "Tell me something"}]
+# sim/large at $3/$15 per million, with output forced to max_tokens: each request costs
+# about $0.0031 and holds about $0.0033, so $0.155 covers about 50 of them.
+LARGE = {"model": "sim/large", "messages": MSG, "max_tokens": 200, "extra_body": {"sim": {"output_tokens": 200}}}
+
+
+@pytest.mark.slow
+def test_500_concurrent_requests_never_overspend(gateway, org_name):
+    gateway.org(org_name, "0.155")
+    key, _ = gateway.key(org_name)
+    grant = Decimal("0.155")
+
+    async def one(api: openai.AsyncOpenAI, i: int) -> tuple[str, Decimal | None]:
+        try:
+            if i % 2:
+                stream = await api.chat.completions.create(stream=True, **LARGE)
+                last = None
+                async for chunk in stream:
+                    last = chunk
+                assert last is not None and last.usage is not None
+                return "ok", Decimal(str(last.usage.model_extra["cost"]))
+            done = await api.chat.completions.create(**LARGE)
+            return "ok", Decimal(str(done.usage.model_extra["cost"]))
+        except openai.APIStatusError as e:
+            return str(e.status_code), None
+
+    async def burst() -> list[tuple[str, Decimal | None]]:
+        http_client = openai.DefaultAsyncHttpxClient(
+            limits=httpx2.Limits(max_connections=600, max_keepalive_connections=600))
+        async with openai.AsyncOpenAI(base_url=gateway.api, api_key=key, max_retries=0, timeout=120,
+                                      http_client=http_client) as api:
+            return await asyncio.gather(*(one(api, i) for i in range(500)))
+
+    results = asyncio.run(burst())
+    outcomes = [r[0] for r in results]
+    charged = sum((c for _, c in results if c is not None), Decimal(0))
+    assert set(outcomes) <= {"ok", "402"}, set(outcomes)
+    successes = outcomes.count("ok")
+    assert 40 <= successes <= 50, successes
+    assert charged <= grant
+    balance = gateway.balance(org_name)
+    assert balance == grant - charged and balance >= 0
+    report = gateway.verify()
+    assert report["ok"] and report["checks"]["floors"] == 0
+
+
+@pytest.mark.slow
+def test_kill_9_under_load_loses_no_answered_charge(sim_url, tmp_path):
+    gw = Gateway(tmp_path / "crash", sim_url).start()
+    gw.org("crash", "100.00")
+    key, _ = gw.key("crash")
+    received: dict[str, Decimal] = {}
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def worker(n: int) -> None:
+        api = client(gw, key, timeout=30)
+        i = 0
+        while not stop.is_set():
+            i += 1
+            try:
+                if (n + i) % 2:
+                    chunks = list(api.chat.completions.create(model="sim/small", messages=MSG, stream=True))
+                    gen_id, cost = chunks[0].id, chunks[-1].usage.model_extra["cost"]
+                else:
+                    done = api.chat.completions.create(model="sim/small", messages=MSG)
+                    gen_id, cost = done.id, done.usage.model_extra["cost"]
+            except (openai.APIError, AttributeError, IndexError):
+                continue  # the gateway died under this request: not fully received
+            with lock:
+                received[gen_id] = Decimal(str(cost))
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 20
+    while len(received) < 150 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    gw.kill()
+    stop.set()
+    for t in threads:
+        t.join(30)
+    assert len(received) >= 150
+
+    # With the server dead, the database alone must balance...
+    conn = sqlite3.connect(gw.home / "farebox.db")
+    report = verify_store(conn)
+    assert report.ok, report.wire()
+    stored = dict(conn.execute("SELECT id, charged FROM generations"))
+    conn.close()
+    offline = subprocess.run([sys.executable, "-m", "farebox", "ledger", "verify", "--database",
+                              str(gw.home / "farebox.db")], capture_output=True, text=True, timeout=60)
+    assert offline.returncode == 0, offline.stdout + offline.stderr
+    # ...every answer a client fully received is charged exactly once, at the price it was told...
+    for gen_id, cost in received.items():
+        assert gen_id in stored, f"{gen_id} was answered but not charged"
+        assert Decimal(stored[gen_id]) / 10**9 == cost
+    # ...and after a restart the live checks pass too and the balance is what was charged.
+    gw.start()
+    try:
+        assert gw.verify()["ok"]
+        assert gw.balance("crash") == Decimal(100) - sum(Decimal(c) for c in stored.values()) / 10**9
+        status, data, _ = http("GET", f"{gw.api}/generation?id={next(iter(received))}", key=key)
+        assert status == 200
+    finally:
+        gw.stop()
