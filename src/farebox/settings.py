@@ -87,11 +87,17 @@ def _coerce(name: str, raw: Any, where: str, from_env: bool) -> Any:
         elif kind == "int":
             if isinstance(raw, bool) or not isinstance(raw, int | str) or (isinstance(raw, str) and not from_env):
                 raise ValueError("expected an integer")
-            value = int(raw)
+            try:
+                value = int(raw)
+            except ValueError:
+                raise ValueError("expected an integer") from None
         elif kind == "float":
             if isinstance(raw, bool) or not isinstance(raw, int | float | str) or (isinstance(raw, str) and not from_env):
                 raise ValueError("expected a number")
-            value = float(raw)
+            try:
+                value = float(raw)
+            except ValueError:
+                raise ValueError("expected a number") from None
             if value != value or value in (float("inf"), float("-inf")):
                 raise ValueError("expected a finite number")
         elif kind == "str":

@@ -433,3 +433,33 @@ def test_error_in_extra_file_model_names_that_file(tmp_path: Path) -> None:
         ConfigError, match=re.escape(str(extra)) + r": models\[0\]\.endpoints\[0\]\.pricing\.prompt"
     ):
         load_catalog(builtin=True, extra_path=str(extra), env={})
+
+
+def test_provider_errors_name_the_files_that_defined_it():
+    base = '[providers.p]\nname = "P"\ndialect = "openai"\nbase_url = "http://p"\napi_key = "none"\n' \
+           'trains_on_prompts = false\nretains_prompts = false\n'
+    with pytest.raises(ConfigError, match=r"^base \+ extra: providers\.p\.dialect: unknown dialect"):
+        parse_layers([("base", base), ("extra", '[providers.p]\ndialect = "soap"\n')])
+
+
+def test_duplicate_model_ids_in_one_file_are_refused():
+    model = ('[[models]]\nid = "a/b"\nname = "x"\ncontext_length = 10\n[[models.endpoints]]\nprovider = "p"\n'
+             'model = "m"\nmax_completion_tokens = 5\npricing = { prompt = "0", completion = "0" }\n')
+    provider = '[providers.p]\nname = "P"\ndialect = "openai"\nbase_url = "http://p"\napi_key = "none"\n' \
+               'trains_on_prompts = false\nretains_prompts = false\n'
+    with pytest.raises(ConfigError, match=r"f: models\[1\]\.id: 'a/b' duplicates models\[0\]"):
+        parse_layers([("f", provider + model + model)])
+    # Across files a later model replaces an earlier one: that is how operators override.
+    parse_layers([("f", provider + model), ("g", model)])
+
+
+def test_endpoint_context_cannot_exceed_the_models():
+    text = ('[providers.p]\nname = "P"\ndialect = "openai"\nbase_url = "http://p"\napi_key = "env:  "\n'
+            'trains_on_prompts = false\nretains_prompts = false\n')
+    with pytest.raises(ConfigError, match="api_key"):
+        parse_layers([("f", text)])
+    text = text.replace('"env:  "', '"none"') + (
+        '[[models]]\nid = "a/b"\nname = "x"\ncontext_length = 10\n[[models.endpoints]]\nprovider = "p"\n'
+        'model = "m"\ncontext_length = 20\nmax_completion_tokens = 5\npricing = { prompt = "0", completion = "0" }\n')
+    with pytest.raises(ConfigError, match=r"models\[0\]\.endpoints\[0\]\.context_length: 20 exceeds"):
+        parse_layers([("f", text)])

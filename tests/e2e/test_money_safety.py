@@ -120,7 +120,7 @@ def test_kill_9_under_load_loses_no_answered_charge(sim_url, tmp_path):
     try:
         assert gw.verify()["ok"]
         assert gw.balance("crash") == Decimal(100) - sum(Decimal(c) for c in stored.values()) / 10**9
-        status, data, _ = http("GET", f"{gw.api}/generation?id={next(iter(received))}", key=key)
+        status, _, _ = http("GET", f"{gw.api}/generation?id={next(iter(received))}", key=key)
         assert status == 200
     finally:
         gw.stop()

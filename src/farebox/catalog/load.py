@@ -106,7 +106,8 @@ def _provider(source: str, slug: str, table: Any) -> Provider:
     if not base_url.startswith(("http://", "https://")):
         r.fail("base_url", "must start with http:// or https://")
     api_key = r.get("api_key", str, required=True)
-    if not (api_key == "none" or api_key.startswith(("env:", "file:"))) or api_key in ("env:", "file:"):
+    reference = api_key.partition(":")[2].strip()
+    if api_key != "none" and not (api_key.startswith(("env:", "file:")) and reference):
         r.fail("api_key", "must be 'env:NAME', 'file:/path' or 'none' (secrets never live in the catalog)")
     return Provider(
         slug=slug,
@@ -160,6 +161,8 @@ def _model(source: str, index: int, table: Any, providers: dict[str, Provider]) 
             er.fail("provider", f"unknown provider {slug!r}")
         max_out = er.positive("max_completion_tokens")
         ep_context = er.positive("context_length", context)
+        if ep_context > context:
+            er.fail("context_length", f"{ep_context} exceeds the model's context length {context}")
         if max_out > ep_context:
             er.fail("max_completion_tokens", f"{max_out} exceeds the context length {ep_context}")
         quant = er.get("quantization", str, "unknown")
@@ -196,6 +199,7 @@ def _model(source: str, index: int, table: Any, providers: dict[str, Provider]) 
 def parse_layers(layers: list[tuple[str, str]]) -> tuple[dict[str, Provider], dict[str, Model]]:
     """Parse (source name, TOML text) layers in order into providers and models."""
     provider_tables: dict[str, dict[str, Any]] = {}
+    provider_sources: dict[str, str] = {}  # slug -> the files that defined it, for error messages
     model_tables: dict[str, tuple[str, int, Any]] = {}
     for source, text in layers:
         try:
@@ -212,14 +216,21 @@ def parse_layers(layers: list[tuple[str, str]]) -> tuple[dict[str, Provider], di
             if not isinstance(table, dict):
                 raise ConfigError(f"{source}: providers.{slug}: expected a table")
             provider_tables.setdefault(slug, {}).update(table)
+            earlier = provider_sources.get(slug)
+            provider_sources[slug] = source if earlier in (None, source) else f"{earlier} + {source}"
         models = data.get("models", [])
         if not isinstance(models, list):
             raise ConfigError(f"{source}: models: expected an array of tables ([[models]])")
+        seen: dict[str, int] = {}
         for i, table in enumerate(models):
             model_id = table.get("id") if isinstance(table, dict) else None
+            if isinstance(model_id, str):
+                if model_id in seen:
+                    raise ConfigError(f"{source}: models[{i}].id: {model_id!r} duplicates models[{seen[model_id]}]")
+                seen[model_id] = i
             key = model_id if isinstance(model_id, str) else f"\0{source}{i}"
             model_tables[key] = (source, i, table)
-    providers_out = {slug: _provider("catalog", slug, table) for slug, table in provider_tables.items()}
+    providers_out = {slug: _provider(provider_sources[slug], slug, table) for slug, table in provider_tables.items()}
     models_out: dict[str, Model] = {}
     for source, i, table in model_tables.values():
         model = _model(source, i, table, providers_out)
