@@ -16,6 +16,9 @@ import orjson
 NANOS_PER_USD = 10**9
 ATTOS_PER_NANO = 10**9
 ATTOS_PER_USD = NANOS_PER_USD * ATTOS_PER_NANO
+NANOS_MAX = 2**63 - 1                  # what a 64-bit integer column holds (~9.2 billion USD)
+PRICE_MAX = 10**6 * ATTOS_PER_USD      # a million USD per unit: beyond any real price
+_MAGNITUDE_MAX = 20                    # decimal exponent beyond which a number cannot be money
 
 
 class MoneyFormatError(ValueError):
@@ -33,15 +36,26 @@ def _decimal(text: str, what: str) -> Decimal:
         raise MoneyFormatError(f"{what} must be finite: {text!r}")
     if value < 0:
         raise MoneyFormatError(f"{what} must not be negative: {text!r}")
+    if value and value.adjusted() > _MAGNITUDE_MAX:
+        raise MoneyFormatError(f"{what} is too large: {text!r}")
     return value
 
 
+def _scaled(text: str, what: str, scale: int, divisor: int, limit: int, decimals: int) -> int:
+    """`text` × scale / divisor as an exact integer. Exact rational arithmetic: Decimal's
+    default 28-digit context would round long inputs instead of refusing them."""
+    numerator, denominator = _decimal(text, what).as_integer_ratio()
+    quotient, remainder = divmod(numerator * scale, denominator * divisor)
+    if remainder:
+        raise MoneyFormatError(f"{what} has more than {decimals} decimal places: {text!r}")
+    if quotient > limit:
+        raise MoneyFormatError(f"{what} is too large: {text!r}")
+    return quotient
+
+
 def parse_price(text: str) -> int:
-    """A price string in USD per unit -> atto-dollars per unit, exactly."""
-    scaled = _decimal(text, "price") * ATTOS_PER_USD
-    if scaled != scaled.to_integral_value():
-        raise MoneyFormatError(f"price has more than 18 decimal places: {text!r}")
-    return int(scaled)
+    """A price string in USD per unit -> atto-dollars per unit, exactly (at most 18 decimals)."""
+    return _scaled(text, "price", ATTOS_PER_USD, 1, PRICE_MAX, 18)
 
 
 def parse_usd(text: str | int) -> int:
@@ -50,18 +64,12 @@ def parse_usd(text: str | int) -> int:
         raise MoneyFormatError("amount must be a decimal string")
     if isinstance(text, int):
         text = str(text)
-    scaled = _decimal(text, "amount") * NANOS_PER_USD
-    if scaled != scaled.to_integral_value():
-        raise MoneyFormatError(f"amount has more than 9 decimal places: {text!r}")
-    return int(scaled)
+    return _scaled(text, "amount", NANOS_PER_USD, 1, NANOS_MAX, 9)
 
 
 def per_million_to_price(usd_per_million: str) -> int:
     """USD per million tokens ("0.15") -> atto-dollars per token."""
-    scaled = _decimal(usd_per_million, "price") * ATTOS_PER_USD / 1_000_000
-    if scaled != scaled.to_integral_value():
-        raise MoneyFormatError(f"price is too precise: {usd_per_million!r}")
-    return int(scaled)
+    return _scaled(usd_per_million, "price", ATTOS_PER_USD, 1_000_000, PRICE_MAX, 12)
 
 
 def round_up_to_nanos(attos: int) -> int:

@@ -15,6 +15,7 @@ from farebox.catalog.model import Catalog, Endpoint
 from farebox.clock import Clock
 from farebox.errors import FareboxError, Forbidden, InsufficientCredits, UpstreamTimeout
 from farebox.ledger.book import Hold, Settlement, Shortfall
+from farebox.ledger.entries import wallet
 from farebox.ledger.ledger import Ledger
 from farebox.ledger.pricing import (
     FREE,
@@ -129,7 +130,7 @@ class Relay:
         amount = max_cost(endpoint.pricing, prompt, req.prompt.images, output)
         book = self.ledger.book
         if hold is None:
-            return book.hold(req.gen_id, f"org:{req.org.id}:wallet", amount, req.key.cap)
+            return book.hold(req.gen_id, wallet(req.org.id), amount, req.key.cap)
         book.resize(hold, amount)
         return hold
 

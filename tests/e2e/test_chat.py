@@ -140,7 +140,7 @@ def test_model_fallbacks_serve_and_bill_the_fallback_model(funded):
 
 def test_more_than_three_fallback_models_is_refused(funded):
     gw, _, key = funded
-    with pytest.raises(openai.BadRequestError, match="'models' array must have 3 items or fewer."):
+    with pytest.raises(openai.BadRequestError, match=r"'models' array must have 3 items or fewer\."):
         client(gw, key).chat.completions.create(
             model="sim/small", messages=[{"role": "user", "content": "hi"}],
             extra_body={"models": ["sim/small", "sim/large", "sim/small:free", "sim/flaky"]})

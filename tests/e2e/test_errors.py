@@ -61,7 +61,7 @@ def test_sdk_raises_bad_request_for_a_wrong_type(funded):
 
 
 def test_authentication_errors(funded):
-    gw, org, key = funded
+    gw, org, _key = funded
     for bad in (None, "sk-fb-v1-" + "0" * 64, "not-a-key"):
         status, body, _ = http("POST", f"{gw.api}/chat/completions", {"model": "sim/small", "messages": MSG}, bad)
         assert status == 401
@@ -226,13 +226,15 @@ def test_mid_stream_failure_becomes_an_error_chunk_and_bills_what_was_delivered(
         for chunk in stream:
             received.append(chunk)
     assert "broke off" in str(caught.value) or "closed" in str(caught.value)
+    # The upstream sent 3 tokens then broke; when the break reaches the gateway before it
+    # has read them all, the unread ones are lost. What matters: billed == delivered.
     content = [c for c in received if c.choices and c.choices[0].delta.content]
-    assert len(content) == 3
+    assert 1 <= len(content) <= 3
     gen_id = received[0].id
     status, data, _ = http("GET", f"{gw.api}/generation?id={gen_id}", key=key)
     assert status == 200
     record = data["data"]
-    assert record["finish_reason"] == "error" and record["tokens_completion"] == 3
+    assert record["finish_reason"] == "error" and record["tokens_completion"] == len(content)
     assert record["usage_estimated"] is True
     assert record["total_cost"] > 0
     assert gw.balance(org) == before - record["usage"]

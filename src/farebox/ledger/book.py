@@ -48,6 +48,7 @@ class Hold:
     created: float  # clock.monotonic()
     open: bool = True
     expired: bool = False
+    settled: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +56,7 @@ class Settlement:
     entries: list[Entry]
     charged: int   # what the wallet paid
     overrun: int   # what the upstream billed beyond the hold, paid by system:overrun
+    settled_at: float  # clock.now(), so a revert takes usage back from the right windows
 
 
 class Book:
@@ -95,8 +97,14 @@ class Book:
         return hold
 
     def resize(self, hold: Hold, amount: int) -> None:
-        """Grow or shrink an open hold, e.g. when failover moves to a dearer endpoint."""
-        assert hold.open and amount >= 0
+        """Grow or shrink a hold, e.g. when failover moves to a dearer endpoint. A hold the
+        sweeper expired meanwhile (a very long failover) is reserved afresh."""
+        assert not hold.settled and amount >= 0
+        if not hold.open:
+            self._check(hold.account, hold.cap, amount)
+            hold.open, hold.expired, hold.amount = True, False, 0
+            hold.created = self.clock.monotonic()
+            self.holds[hold.id] = hold
         delta = amount - hold.amount
         if delta > 0:
             self._check(hold.account, hold.cap, delta)
@@ -136,10 +144,19 @@ class Book:
         """Turn a hold into a charge of `cost`. The wallet pays at most the hold: the
         customer never pays more than was reserved. Anything an upstream billed beyond it
         is posted from system:overrun, flagged, so it is seen and never silently absorbed."""
-        assert cost >= 0
+        assert cost >= 0 and not hold.settled, hold
+        hold.settled = True
         was_open = hold.open
         self._close(hold)
-        ceiling = hold.amount if was_open else min(hold.amount, max(self.available(hold.account), 0))
+        now = self.clock.now()
+        ceiling = hold.amount
+        if not was_open:
+            # Expired: what it reserved may have gone to other requests since; pay only
+            # what the wallet and the key's limit can still cover.
+            ceiling = min(ceiling, max(self.available(hold.account), 0))
+            remaining = hold.cap.remaining(now) if hold.cap is not None else None
+            if remaining is not None:
+                ceiling = min(ceiling, max(remaining, 0))
         charged = min(cost, ceiling)
         overrun = cost - charged
         entries = []
@@ -152,8 +169,8 @@ class Book:
         for entry in entries:
             self.apply(entry)
         if hold.cap is not None and charged:
-            hold.cap.usage.add(charged, self.clock.now())
-        return Settlement(entries, charged, overrun)
+            hold.cap.usage.add(charged, now)
+        return Settlement(entries, charged, overrun, now)
 
     def apply(self, entry: Entry) -> None:
         self.balances[entry.from_account] = self.balances.get(entry.from_account, 0) - entry.amount
@@ -170,7 +187,7 @@ class Book:
             self.outflow[e.from_account] -= e.amount
             self.inflow[e.to_account] -= e.amount
         if cap is not None and settlement.charged:
-            cap.usage.add(-settlement.charged, self.clock.now())
+            cap.usage.remove(settlement.charged, settlement.settled_at)
 
     def load(self, balances: dict[str, int], inflow: dict[str, int], outflow: dict[str, int]) -> None:
         self.balances.update(balances)

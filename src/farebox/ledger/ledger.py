@@ -38,20 +38,38 @@ class Ledger:
         assert amount > 0
         entry = Entry("grant", GRANTS, wallet(org_id), amount, f"grant:{reference}", self.clock.now_ms(),
                       org_id, memo=memo)
-        new, stored = await self.writer.submit(lambda conn: ops.grant(conn, entry))
-        if new:
-            self.book.apply(stored)
-        elif (stored.to_account, stored.amount, stored.kind) != (entry.to_account, entry.amount, entry.kind):
+        future = self.writer.submit(lambda conn: ops.grant(conn, entry))
+
+        def applied(f: asyncio.Future[tuple[bool, Entry]]) -> None:
+            # In a callback, not after the await: the book must follow the database even
+            # if the task that asked for the grant is cancelled meanwhile.
+            if not f.cancelled() and f.exception() is None and f.result()[0]:
+                self.book.apply(f.result()[1])
+
+        future.add_done_callback(applied)
+        new, stored = await asyncio.shield(future)
+        if (stored.to_account, stored.amount, stored.kind) != (entry.to_account, entry.amount, entry.kind):
             raise Conflict(f"Reference {reference!r} was already used for a different grant")
         return new, stored
 
     async def commit(self, settlement: Settlement, cap: KeyCap | None, generation: dict[str, Any]) -> None:
         """Make a settlement and its generation record durable, or undo it in memory."""
+        future = self.writer.submit(lambda conn: ops.settle(conn, settlement.entries, generation))
+
+        def reverted(f: asyncio.Future[None]) -> None:
+            # In a callback, not in an except clause: the book must follow the database
+            # even if the task waiting here is cancelled before the write fails.
+            error = None if f.cancelled() else f.exception()
+            if f.cancelled() or error is not None:
+                self.book.revert(settlement, cap)
+                log.error("could not commit charge for %s: %r", generation.get("id"), error)
+
+        future.add_done_callback(reverted)
         try:
-            await self.writer.submit(lambda conn: ops.settle(conn, settlement.entries, generation))
+            await asyncio.shield(future)
+        except asyncio.CancelledError:
+            raise
         except Exception as e:
-            self.book.revert(settlement, cap)
-            log.error("could not commit charge for %s: %r", generation.get("id"), e)
             raise InternalError("The charge for this request could not be recorded; it was not billed") from e
 
     # -- hold expiry ---------------------------------------------------------------

@@ -49,6 +49,15 @@ class KeyUsage:
         for period in PERIODS:
             self._roll(period, now).amount += amount
 
+    def remove(self, amount: int, added_at: float) -> None:
+        """Take back an amount added at `added_at`: from the total, and from each window
+        only if that window is still the one the amount went into."""
+        self.total -= amount
+        for period in PERIODS:
+            window = self.windows[period]
+            if window.start == period_start(added_at, period):
+                window.amount -= amount
+
     def in_period(self, period: str | None, now: float) -> int:
         """Spending counted against a limit that resets per `period` (None = lifetime)."""
         return self.total if period is None else self._roll(period, now).amount

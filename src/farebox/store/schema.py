@@ -45,9 +45,15 @@ CREATE TABLE accounts (
 );
 -- Defence in depth: the book never lets a customer's balance go negative; the
 -- database refuses it too.
-CREATE TRIGGER accounts_floor BEFORE UPDATE OF balance ON accounts
+CREATE TRIGGER accounts_floor BEFORE UPDATE ON accounts
 WHEN NEW.floored = 1 AND NEW.balance < 0
 BEGIN SELECT RAISE(ABORT, 'balance below zero'); END;
+CREATE TRIGGER accounts_floor_insert BEFORE INSERT ON accounts
+WHEN NEW.floored = 1 AND NEW.balance < 0
+BEGIN SELECT RAISE(ABORT, 'balance below zero'); END;
+CREATE TRIGGER accounts_floored_fixed BEFORE UPDATE OF floored ON accounts
+WHEN NEW.floored != OLD.floored
+BEGIN SELECT RAISE(ABORT, 'an account''s floor cannot change'); END;
 CREATE TABLE entries (
     id INTEGER PRIMARY KEY,
     created_at INTEGER NOT NULL,

@@ -35,12 +35,14 @@ def connect(path: Path, synchronous: str) -> sqlite3.Connection:
 
 def migrate(conn: sqlite3.Connection) -> int:
     conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER)")
-    done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
     for version, sql in MIGRATIONS:
-        if version in done:
-            continue
         conn.execute("BEGIN IMMEDIATE")
         try:
+            # Checked inside the write transaction, so two processes starting on the same
+            # file cannot both apply a migration.
+            if conn.execute("SELECT 1 FROM schema_migrations WHERE version = ?", (version,)).fetchone():
+                conn.execute("COMMIT")
+                continue
             for statement in _statements(sql):
                 conn.execute(statement)
             conn.execute("INSERT INTO schema_migrations VALUES (?, strftime('%s','now'))", (version,))

@@ -1,0 +1,228 @@
+"""The Ledger: grants through the writer (idempotent), commits that revert the book on
+failure, loading the book from the store, and the expiry sweeper."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from farebox.clock import FakeClock
+from farebox.errors import Conflict, InternalError
+from farebox.ledger.book import Book, KeyCap
+from farebox.ledger.entries import GRANTS, REVENUE, wallet
+from farebox.ledger.ledger import Ledger
+from farebox.ledger.verify import verify_store
+from farebox.store import sqlite as ops
+from farebox.store.sqlite import Store
+from farebox.store.writer import GroupWriter
+
+W = wallet(1)
+TIMEOUT = 900.0
+
+
+def generation(gid: str, total: int, charged: int) -> dict[str, Any]:
+    return {"id": gid, "org_id": 1, "workspace_id": None, "key_hash": "k", "created_at_ms": 1, "model": "m",
+            "provider_name": "p", "total_cost_nanos": total, "charged_nanos": charged, "tokens_prompt": 1,
+            "tokens_completion": 1, "streamed": False, "cancelled": False, "finish_reason": "stop"}
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store(tmp_path / "x.db")
+
+    def org(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO organizations (id, name, created_at) VALUES (1, 'o', 0)")
+        ops.ensure_account(conn, W, 1, "wallet")
+
+    GroupWriter(s.writer_conn).run_sync(org)
+    yield s
+    s.close()
+
+
+def make_ledger(store: Store, clock: FakeClock | None = None) -> Ledger:
+    clock = clock or FakeClock()
+    return Ledger(Book(clock, TIMEOUT), GroupWriter(store.writer_conn), clock, sweep_interval_s=0.001)
+
+
+def stored_balances(store: Store) -> dict[str, int]:
+    return dict(store.reader_conn.execute("SELECT id, balance FROM accounts"))
+
+
+def test_grant_is_idempotent_on_its_reference(store: Store) -> None:
+    ledger = make_ledger(store)
+
+    async def main() -> None:
+        ledger.writer.start()
+        try:
+            new, first = await ledger.grant(1, 5000, "pay-1", memo="top-up")
+            assert new and first.amount == 5000 and first.reference == "grant:pay-1"
+            new, again = await ledger.grant(1, 5000, "pay-1", memo="top-up")
+            assert not new and again.amount == 5000
+            with pytest.raises(Conflict):
+                await ledger.grant(1, 6000, "pay-1")
+            # Concurrent replays: exactly one moves money.
+            results = await asyncio.gather(*(ledger.grant(1, 100, "pay-2") for _ in range(10)))
+            assert sum(new for new, _ in results) == 1
+        finally:
+            ledger.writer.stop()
+
+    asyncio.run(main())
+    assert ledger.book.balance(W) == 5100 == stored_balances(store)[W]
+    assert store.reader_conn.execute("SELECT COUNT(*) FROM entries").fetchone()[0] == 2
+
+
+def test_commit_makes_a_settlement_durable(store: Store) -> None:
+    ledger = make_ledger(store)
+    book = ledger.book
+
+    async def main() -> None:
+        ledger.writer.start()
+        try:
+            await ledger.grant(1, 1000, "a")
+            h = book.hold("g1", W, 400)
+            s = book.settle(h, 500, reference="charge:g1", created_at=1, org_id=1, key_hash="k",
+                            generation_id="g1")
+            await ledger.commit(s, None, generation("g1", 500, s.charged))
+        finally:
+            ledger.writer.stop()
+
+    asyncio.run(main())
+    assert stored_balances(store) == {a: book.balance(a) for a in stored_balances(store)}
+    assert verify_store(store.reader_conn).ok
+
+
+def test_a_failed_commit_reverts_the_book(store: Store) -> None:
+    ledger = make_ledger(store)
+    book = ledger.book
+    cap = KeyCap(limit=1000)
+
+    async def main() -> None:
+        ledger.writer.start()
+        try:
+            await ledger.grant(1, 1000, "a")
+            s1 = book.settle(book.hold("g1", W, 100, cap), 100, reference="charge:g1", created_at=1, org_id=1,
+                             key_hash="k", generation_id="g1")
+            await ledger.commit(s1, cap, generation("g1", 100, 100))
+            before = dict(book.balances)
+            # A second request reusing the generation id: its commit fails.
+            s2 = book.settle(book.hold("g1", W, 300, cap), 300, reference="charge:g1-b", created_at=1,
+                             org_id=1, key_hash="k", generation_id="g1")
+            assert book.balance(W) == 600
+            with pytest.raises(InternalError):
+                await ledger.commit(s2, cap, generation("g1", 300, 300))
+            assert book.balances == before
+            assert cap.usage.total == 100 and cap.held == 0
+        finally:
+            ledger.writer.stop()
+
+    asyncio.run(main())
+    assert stored_balances(store)[W] == 900 == book.balance(W)
+    assert verify_store(store.reader_conn).ok
+
+
+def test_load_rebuilds_the_book(store: Store) -> None:
+    ledger = make_ledger(store)
+
+    async def main() -> None:
+        ledger.writer.start()
+        try:
+            await ledger.grant(1, 1000, "a")
+            s = ledger.book.settle(ledger.book.hold("g", W, 300), 250, reference="charge:g", created_at=1,
+                                   org_id=1, key_hash="k", generation_id="g")
+            await ledger.commit(s, None, generation("g", 250, 250))
+        finally:
+            ledger.writer.stop()
+
+    asyncio.run(main())
+    fresh = make_ledger(store)
+    fresh.load(store.reader_conn)
+    assert fresh.book.balances == ledger.book.balances
+    assert fresh.book.inflow == {W: 1000, REVENUE: 250}
+    assert fresh.book.outflow == {GRANTS: 1000, W: 250}
+    assert fresh.book.available(W) == 750
+
+
+def test_sweeper_expires_old_holds(store: Store) -> None:
+    clock = FakeClock()
+    ledger = make_ledger(store, clock)
+
+    async def main() -> None:
+        ledger.writer.start()
+        try:
+            await ledger.grant(1, 1000, "a")
+            h = ledger.book.hold("g", W, 800)
+            ledger.start()
+            clock.advance(TIMEOUT + 1)
+            for _ in range(10_000):  # a hang guard, not a timing assertion
+                if ledger.expired_holds:
+                    break
+                await asyncio.sleep(0.001)
+            await ledger.stop()
+            assert ledger.expired_holds == 1 and h.expired
+            assert ledger.book.available(W) == 1000
+        finally:
+            ledger.writer.stop()
+
+    asyncio.run(main())
+
+
+# -- cancellation while a write is in flight ----------------------------------------------
+
+async def _cancel_while_queued(ledger: Ledger, coro: Any) -> None:
+    """Start `coro`, let it submit its write while the writer is held, cancel it (as a
+    client disconnect does), then let the writer run everything that was queued."""
+    gate = threading.Event()
+    blocker = ledger.writer.submit(lambda conn: gate.wait(60))
+    task = asyncio.create_task(coro)
+    await asyncio.sleep(0)  # the task runs up to its await: its write is queued
+    task.cancel()
+    gate.set()
+    await blocker
+    await ledger.writer.submit(lambda conn: None)  # FIFO: everything before it has been committed
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def test_a_cancelled_commit_that_fails_still_reverts_the_book(store: Store) -> None:
+    ledger = make_ledger(store)
+    book = ledger.book
+
+    async def main() -> None:
+        ledger.writer.start()
+        try:
+            await ledger.grant(1, 1000, "a")
+            s1 = book.settle(book.hold("g1", W, 100), 100, reference="charge:g1", created_at=1, org_id=1,
+                             key_hash="k", generation_id="g1")
+            await ledger.commit(s1, None, generation("g1", 100, 100))
+            # Its commit will fail: the generation id is taken.
+            s2 = book.settle(book.hold("g2", W, 300), 300, reference="charge:g2", created_at=1, org_id=1,
+                             key_hash="k", generation_id="g1")
+            await _cancel_while_queued(ledger, ledger.commit(s2, None, generation("g1", 300, 300)))
+        finally:
+            ledger.writer.stop()
+
+    asyncio.run(main())
+    assert stored_balances(store)[W] == 900
+    assert book.balance(W) == stored_balances(store)[W]
+
+
+def test_a_cancelled_grant_that_commits_reaches_the_book(store: Store) -> None:
+    ledger = make_ledger(store)
+
+    async def main() -> None:
+        ledger.writer.start()
+        try:
+            await _cancel_while_queued(ledger, ledger.grant(1, 1000, "a"))
+        finally:
+            ledger.writer.stop()
+
+    asyncio.run(main())
+    assert stored_balances(store)[W] == 1000
+    assert ledger.book.balance(W) == 1000

@@ -1,0 +1,232 @@
+"""The group-commit writer: batching under a burst, order, isolation of a failing
+operation, and stop() committing everything submitted."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from farebox.ledger.entries import GRANTS, REVENUE, Entry, wallet
+from farebox.store import sqlite as ops
+from farebox.store.sqlite import Store
+from farebox.store.writer import GroupWriter, WriterStopped
+
+W = wallet(1)
+GATE_TIMEOUT_S = 60  # only a guard against a hang; no assertion depends on time
+
+
+def add_org(conn: sqlite3.Connection, oid: int) -> None:
+    conn.execute("INSERT INTO organizations (id, name, created_at) VALUES (?, ?, 0)", (oid, f"org{oid}"))
+    ops.ensure_account(conn, wallet(oid), oid, "wallet")
+
+
+def grant(i: int, amount: int = 1) -> Entry:
+    return Entry("grant", GRANTS, W, amount, f"grant:{i}", 1, 1)
+
+
+def post(entry: Entry) -> Any:
+    def op(conn: sqlite3.Connection) -> int:
+        ops.post_entries(conn, [entry])
+        return int(entry.reference.split(":")[1])
+    return op
+
+
+def count(store: Store, sql: str = "SELECT COUNT(*) FROM entries") -> int:
+    return store.reader_conn.execute(sql).fetchone()[0]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store(tmp_path / "x.db")
+    GroupWriter(s.writer_conn).run_sync(lambda conn: add_org(conn, 1))
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def writer(store: Store) -> Iterator[GroupWriter]:
+    w = GroupWriter(store.writer_conn)
+    yield w
+    w.stop()
+
+
+def gate_op(gate: threading.Event) -> Any:
+    """An operation that holds the writer inside a transaction until the test opens the
+    gate, so that everything submitted meanwhile queues up for the next batch."""
+    def op(conn: sqlite3.Connection) -> bool:
+        return gate.wait(GATE_TIMEOUT_S)
+    return op
+
+
+def test_run_sync_commits_and_returns(store: Store, writer: GroupWriter) -> None:
+    assert writer.run_sync(post(grant(7))) == 7
+    assert count(store) == 1
+
+
+def test_run_sync_rolls_back_on_failure(store: Store, writer: GroupWriter) -> None:
+    def op(conn: sqlite3.Connection) -> None:
+        ops.post_entries(conn, [grant(1)])
+        raise ValueError("boom")
+    with pytest.raises(ValueError, match="boom"):
+        writer.run_sync(op)
+    assert count(store) == 0
+    assert not store.writer_conn.in_transaction
+
+
+def test_run_sync_is_refused_while_the_thread_runs(writer: GroupWriter) -> None:
+    writer.start()
+    with pytest.raises(AssertionError):
+        writer.run_sync(post(grant(1)))
+
+
+def test_a_burst_is_committed_in_fewer_batches_than_ops(store: Store, writer: GroupWriter) -> None:
+    n = 300
+    gate = threading.Event()
+
+    async def main() -> list[Any]:
+        writer.start()
+        first = writer.submit(gate_op(gate))
+        futures = [writer.submit(post(grant(i))) for i in range(n)]
+        gate.set()
+        return await asyncio.gather(first, *futures)
+
+    results = asyncio.run(main())
+    assert results == [True, *range(n)]          # each future gets its own op's result, in order
+    assert writer.ops == n + 1
+    assert writer.batches < writer.ops
+    assert writer.batches <= 2                   # the gate's batch, then everything that queued behind it
+    # Committed in submission order.
+    refs = [r for (r,) in store.reader_conn.execute("SELECT reference FROM entries ORDER BY id")]
+    assert refs == [f"grant:{i}" for i in range(n)]
+    assert count(store, f"SELECT balance FROM accounts WHERE id = '{W}'") == n
+
+
+def test_concurrent_tasks_each_get_their_result(store: Store, writer: GroupWriter) -> None:
+    n = 200
+    gate = threading.Event()
+
+    async def request(i: int) -> tuple[int, int]:
+        result = await writer.submit(post(grant(i, amount=i + 1)))
+        # The future resolves only after the commit: a fresh read already sees the row.
+        seen = store.reader_conn.execute("SELECT amount FROM entries WHERE reference = ?",
+                                         (f"grant:{i}",)).fetchone()[0]
+        return result, seen
+
+    async def main() -> list[tuple[int, int]]:
+        writer.start()
+        first = writer.submit(gate_op(gate))
+        tasks = [asyncio.create_task(request(i)) for i in range(n)]
+        await asyncio.sleep(0)  # let every task submit
+        gate.set()
+        await first
+        return await asyncio.gather(*tasks)
+
+    results = asyncio.run(main())
+    assert results == [(i, i + 1) for i in range(n)]
+    assert writer.batches < writer.ops == n + 1
+
+
+def test_a_failing_op_fails_only_its_own_future(store: Store, writer: GroupWriter) -> None:
+    gate = threading.Event()
+
+    def python_error(conn: sqlite3.Connection) -> None:
+        ops.post_entries(conn, [grant(100)])  # its own write must not survive
+        raise ValueError("bad op")
+
+    overdraw = Entry("charge", W, REVENUE, 10**9, "charge:too-much", 1, 1, "k", "g")
+
+    async def main() -> list[Any]:
+        writer.start()
+        first = writer.submit(gate_op(gate))
+        futures = [writer.submit(post(grant(0))),
+                   writer.submit(python_error),
+                   writer.submit(post(grant(1))),
+                   writer.submit(lambda conn: ops.post_entries(conn, [overdraw])),  # floor trigger refuses
+                   writer.submit(post(grant(2)))]
+        gate.set()
+        await first
+        return await asyncio.gather(*futures, return_exceptions=True)
+
+    results = asyncio.run(main())
+    assert results[0] == 0 and results[2] == 1 and results[4] == 2
+    assert isinstance(results[1], ValueError) and str(results[1]) == "bad op"
+    assert isinstance(results[3], sqlite3.IntegrityError)
+    refs = [r for (r,) in store.reader_conn.execute("SELECT reference FROM entries ORDER BY id")]
+    assert refs == ["grant:0", "grant:1", "grant:2"]   # each neighbour committed exactly once
+    assert count(store, f"SELECT balance FROM accounts WHERE id = '{W}'") == 3
+    assert writer.ops == 6
+
+
+def test_batch_max_splits_batches(store: Store) -> None:
+    writer = GroupWriter(store.writer_conn, batch_max=3)
+    gate = threading.Event()
+
+    async def main() -> list[Any]:
+        writer.start()
+        first = writer.submit(gate_op(gate))
+        futures = [writer.submit(post(grant(i))) for i in range(10)]
+        gate.set()
+        return await asyncio.gather(first, *futures)
+
+    try:
+        assert asyncio.run(main()) == [True, *range(10)]
+    finally:
+        writer.stop()
+    assert writer.ops == 11
+    assert writer.batches >= 4  # at most three operations a transaction
+    assert count(store) == 10
+
+
+def test_stop_commits_everything_already_submitted(store: Store, writer: GroupWriter) -> None:
+    n = 250
+
+    async def main() -> list[Any]:
+        writer.start()
+        futures = [writer.submit(post(grant(i))) for i in range(n)]
+        writer.stop()  # blocks until the thread has committed and exited
+        assert count(store) == n
+        with pytest.raises(WriterStopped):
+            writer.submit(post(grant(n)))
+        return await asyncio.gather(*futures)
+
+    assert asyncio.run(main()) == list(range(n))
+    assert writer.ops == n
+    writer.stop()  # stopping twice is harmless
+
+
+def test_stop_without_start(store: Store) -> None:
+    writer = GroupWriter(store.writer_conn)
+    writer.stop()
+
+    async def main() -> None:
+        with pytest.raises(WriterStopped):
+            writer.submit(post(grant(1)))
+
+    asyncio.run(main())
+
+
+def test_a_settle_through_the_writer_is_atomic(store: Store, writer: GroupWriter) -> None:
+    writer.run_sync(post(grant(0, amount=1000)))
+    gen = {"id": "g1", "org_id": 1, "workspace_id": None, "key_hash": "k", "created_at_ms": 1, "model": "m",
+           "provider_name": "p", "total_cost_nanos": 5, "charged_nanos": 5, "tokens_prompt": 1,
+           "tokens_completion": 1, "streamed": False, "cancelled": False, "finish_reason": "stop"}
+    c1 = Entry("charge", W, REVENUE, 5, "charge:g1", 1, 1, "k", "g1")
+    c2 = Entry("charge", W, REVENUE, 5, "charge:g1-replay", 1, 1, "k", "g1")
+
+    async def main() -> list[Any]:
+        writer.start()
+        return await asyncio.gather(writer.submit(lambda conn: ops.settle(conn, [c1], gen)),
+                                    writer.submit(lambda conn: ops.settle(conn, [c2], gen)),
+                                    return_exceptions=True)
+
+    first, second = asyncio.run(main())
+    assert first is None
+    assert isinstance(second, sqlite3.IntegrityError)   # duplicate generation id
+    assert count(store, "SELECT COUNT(*) FROM entries WHERE generation_id = 'g1'") == 1
+    assert count(store, f"SELECT balance FROM accounts WHERE id = '{W}'") == 995
