@@ -124,3 +124,23 @@ def test_kill_9_under_load_loses_no_answered_charge(sim_url, tmp_path):
         assert status == 200
     finally:
         gw.stop()
+
+
+def test_an_upstream_billing_beyond_the_hold_is_a_flagged_overrun(gateway, org_name):
+    """The simulator reports a million prompt tokens for a two-word prompt: far more than
+    the hold allowed. The customer pays at most the hold; the rest is posted from
+    system:overrun and flagged, and the books still balance."""
+    gateway.org(org_name, "5.00")
+    key, _ = gateway.key(org_name)
+    before = gateway.balance(org_name)
+    done = client(gateway, key).chat.completions.create(
+        model="sim/small", messages=MSG, max_tokens=10, extra_body={"sim": {"prompt_tokens": 1_000_000}})
+    status, data, _ = http("GET", f"{gateway.api}/generation?id={done.id}", key=key)
+    record = data["data"]
+    assert record["overrun"] > 0
+    assert record["usage"] == record["hold"] == Decimal(str(done.usage.model_extra["cost"]))
+    assert record["total_cost"] == record["usage"] + record["overrun"]
+    assert record["total_cost"] == Decimal("0.15") + done.usage.completion_tokens * Decimal("0.0000006")
+    assert gateway.balance(org_name) == before - record["usage"]
+    report = gateway.verify()
+    assert report["ok"] and any(w.get("overrun") == done.id for w in report["warnings"])
