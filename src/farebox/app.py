@@ -19,6 +19,7 @@ from farebox.providers.http import Upstreams
 from farebox.providers.openai import OpenAIDialect
 from farebox.relay import Relay
 from farebox.settings import Settings
+from farebox.store.checkpoint import Checkpointer
 from farebox.store.sqlite import Store
 from farebox.store.writer import GroupWriter
 from farebox.tenancy.directory import Directory
@@ -48,6 +49,7 @@ class Gateway:
                                                env=env)
         self.store = Store(settings.database_file, settings.sqlite_synchronous)
         self.writer = GroupWriter(self.store.writer_conn, settings.writer_batch_max)
+        self.checkpointer = Checkpointer(settings.database_file, settings.sqlite_checkpoint_interval_s)
         self.book = Book(self.clock, settings.hold_timeout_s)
         self.ledger = Ledger(self.book, self.writer, self.clock, settings.hold_sweep_interval_s)
         self.directory = Directory(self.writer, self.book, self.clock, self.ids)
@@ -69,6 +71,7 @@ class Gateway:
             return
         self._started = True
         self.writer.start()
+        self.checkpointer.start()
         self.ledger.start()
 
     async def stop(self) -> None:
@@ -78,6 +81,7 @@ class Gateway:
         await self.ledger.stop()
         await self.upstreams.close()
         self.writer.stop()
+        self.checkpointer.stop()
         self.store.close()
 
 

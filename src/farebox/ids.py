@@ -12,6 +12,9 @@ import secrets
 import string
 
 _ALNUM = string.ascii_letters + string.digits
+# byte -> alphanumeric, so 20 random bytes become 20 characters in one translate. (The
+# slight skew towards the first 8 characters does not matter for ids.)
+_BYTE_TO_ALNUM = bytes((_ALNUM * 5)[:256], "ascii")
 API_KEY_PREFIX = "sk-fb-v1-"
 MANAGEMENT_KEY_PREFIX = "sk-fb-mgmt-v1-"
 
@@ -22,7 +25,7 @@ class Ids:
 
     def generation_id(self, unix_seconds: int) -> str:
         """`gen-<unix>-<20 alphanumerics>`, OpenRouter's shape."""
-        tail = "".join(self._rng.choice(_ALNUM) for _ in range(20))
+        tail = self._rng.randbytes(20).translate(_BYTE_TO_ALNUM).decode()
         return f"gen-{unix_seconds}-{tail}"
 
     def hex(self, nbytes: int) -> str:

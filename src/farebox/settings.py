@@ -33,6 +33,7 @@ class Settings:
     port: int = _s(8080, "Port `farebox serve` listens on.", minimum=0)
     database_path: str = _s("", "SQLite database file; empty means `<home>/farebox.db`.")
     sqlite_synchronous: str = _s("NORMAL", "SQLite `synchronous` pragma: NORMAL survives a process crash, FULL also a power loss.", choices=("NORMAL", "FULL"))
+    sqlite_checkpoint_interval_s: float = _s(1.0, "Seconds between WAL checkpoints, run off the commit path so no response waits for their fsyncs.", minimum=0.01)
     writer_batch_max: int = _s(2048, "Most ledger entries and generation records committed in one group-commit transaction.", minimum=1)
     body_bytes_max: int = _s(16 * 1024 * 1024, "Largest accepted request body in bytes; larger bodies get 413.", minimum=1024)
     hold_timeout_s: float = _s(900.0, "Seconds after which an unsettled hold expires and its amount becomes available again.", minimum=1)

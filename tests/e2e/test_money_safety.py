@@ -136,6 +136,7 @@ def test_an_upstream_billing_beyond_the_hold_is_a_flagged_overrun(gateway, org_n
     done = client(gateway, key).chat.completions.create(
         model="sim/small", messages=MSG, max_tokens=10, extra_body={"sim": {"prompt_tokens": 1_000_000}})
     status, data, _ = http("GET", f"{gateway.api}/generation?id={done.id}", key=key)
+    assert status == 200
     record = data["data"]
     assert record["overrun"] > 0
     assert record["usage"] == record["hold"] == Decimal(str(done.usage.model_extra["cost"]))

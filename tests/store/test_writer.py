@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from farebox.ledger.entries import GRANTS, REVENUE, Entry, wallet
+from farebox.ledger.verify import verify_store
 from farebox.store import sqlite as ops
 from farebox.store.sqlite import Store
 from farebox.store.writer import GroupWriter, WriterStopped
@@ -230,3 +231,57 @@ def test_a_settle_through_the_writer_is_atomic(store: Store, writer: GroupWriter
     assert isinstance(second, sqlite3.IntegrityError)   # duplicate generation id
     assert count(store, "SELECT COUNT(*) FROM entries WHERE generation_id = 'g1'") == 1
     assert count(store, f"SELECT balance FROM accounts WHERE id = '{W}'") == 995
+
+
+def _generation(gid: str, cost: int) -> dict[str, Any]:
+    return {"id": gid, "org_id": 1, "workspace_id": None, "key_hash": "k", "created_at_ms": 1, "model": "m",
+            "provider_name": "p", "total_cost_nanos": cost, "charged_nanos": cost, "tokens_prompt": 1,
+            "tokens_completion": 1, "streamed": False, "cancelled": False, "finish_reason": "stop"}
+
+
+def _settle_op(i: int, cost: int) -> ops.SettleOp:
+    gid = f"gen-{i}"
+    return ops.SettleOp([Entry("charge", W, REVENUE, cost, f"charge:{gid}", 1, 1, "k", gid)], _generation(gid, cost))
+
+
+def test_consecutive_settlements_are_written_together_in_order(store: Store, writer: GroupWriter) -> None:
+    writer.run_sync(post(grant(0, 1000)))
+    gate = threading.Event()
+
+    async def burst() -> list[Any]:
+        writer.start()
+        first = writer.submit(gate_op(gate))
+        await asyncio.sleep(0)  # let the writer take the gate op, so the rest queue up
+        mixed = [_settle_op(1, 10), _settle_op(2, 20), post(grant(5, 5)), _settle_op(3, 30), _settle_op(4, 40)]
+        futures = [writer.submit(op) for op in mixed]
+        gate.set()
+        await first
+        return await asyncio.gather(*futures)
+
+    results = asyncio.run(burst())
+    assert results == [None, None, 5, None, None]
+    assert count(store, "SELECT COUNT(*) FROM generations") == 4
+    assert store.reader_conn.execute("SELECT balance FROM accounts WHERE id = ?", (W,)).fetchone()[0] == (
+        1000 + 5 - 100)
+    report = verify_store(store.reader_conn)
+    assert report.ok, report.wire()
+
+
+def test_a_bad_settlement_in_a_group_fails_alone(store: Store, writer: GroupWriter) -> None:
+    writer.run_sync(post(grant(0, 100)))
+    gate = threading.Event()
+
+    async def burst() -> list[Any]:
+        writer.start()
+        first = writer.submit(gate_op(gate))
+        await asyncio.sleep(0)
+        good, overdraw, also_good = _settle_op(1, 10), _settle_op(2, 1000), _settle_op(3, 20)
+        futures = [writer.submit(op) for op in (good, overdraw, also_good)]
+        gate.set()
+        await first
+        return await asyncio.gather(*futures, return_exceptions=True)
+
+    good, overdraw, also_good = asyncio.run(burst())
+    assert good is None and also_good is None
+    assert isinstance(overdraw, sqlite3.IntegrityError)  # the floor trigger refused it
+    assert count(store, "SELECT COUNT(*) FROM generations") == 2

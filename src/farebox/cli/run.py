@@ -38,7 +38,7 @@ def _gateway(settings: Settings):  # type: ignore[no-untyped-def]
 def _server(app: object, settings: Settings) -> uvicorn.Server:
     config = uvicorn.Config(app, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
                             lifespan="on", access_log=settings.access_log, log_level=settings.log_level,
-                            backlog=4096, timeout_keep_alive=30)
+                            backlog=4096, timeout_keep_alive=30, proxy_headers=False, server_header=False)
     return uvicorn.Server(config)
 
 

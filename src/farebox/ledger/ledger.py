@@ -54,7 +54,7 @@ class Ledger:
 
     async def commit(self, settlement: Settlement, cap: KeyCap | None, generation: dict[str, Any]) -> None:
         """Make a settlement and its generation record durable, or undo it in memory."""
-        future = self.writer.submit(lambda conn: ops.settle(conn, settlement.entries, generation))
+        future = self.writer.submit(ops.SettleOp(settlement.entries, generation))
 
         def reverted(f: asyncio.Future[None]) -> None:
             # In a callback, not in an except clause: the book must follow the database

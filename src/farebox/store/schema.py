@@ -73,8 +73,6 @@ CREATE TRIGGER entries_append_only_delete BEFORE DELETE ON entries
 BEGIN SELECT RAISE(ABORT, 'entries are append-only'); END;
 CREATE INDEX entries_generation ON entries (generation_id) WHERE generation_id IS NOT NULL;
 CREATE INDEX entries_key ON entries (key_hash, created_at) WHERE key_hash IS NOT NULL;
-CREATE INDEX entries_from ON entries (from_account);
-CREATE INDEX entries_to ON entries (to_account);
 CREATE TABLE generations (
     id TEXT PRIMARY KEY,
     org_id INTEGER NOT NULL,

@@ -69,7 +69,7 @@ class GroupWriter:
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            results = [op(conn) for op in ops]
+            results = _run(conn, ops)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -118,6 +118,26 @@ class GroupWriter:
                 loop.call_soon_threadsafe(_resolve, items)
             except RuntimeError:  # the loop closed while we committed; nobody is waiting
                 pass
+
+
+def _run(conn: sqlite3.Connection, ops: list[Op]) -> list[Any]:
+    """Run ops in order. A run of consecutive ops of one type that knows how to write many
+    at once (a `run_many` static method) is handed over as a group."""
+    results: list[Any] = []
+    i, n = 0, len(ops)
+    while i < n:
+        kind = type(ops[i])
+        run_many = getattr(kind, "run_many", None)
+        if run_many is None:
+            results.append(ops[i](conn))
+            i += 1
+            continue
+        j = i + 1
+        while j < n and type(ops[j]) is kind:
+            j += 1
+        results.extend(run_many(conn, ops[i:j]))
+        i = j
+    return results
 
 
 def _resolve(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
