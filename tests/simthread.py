@@ -5,21 +5,25 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from farebox.sim.server import start
 
 
 @contextmanager
-def running_sim() -> Iterator[str]:
+def running_sim(starter: Callable[[], Awaitable[tuple[Any, int]]] | None = None) -> Iterator[str]:
+    """`starter` returns (an aiohttp runner, its port); by default the sim as `farebox sim`
+    starts it, on a free port."""
+    starter = starter or (lambda: start(port=0))
     loop = asyncio.new_event_loop()
     started = threading.Event()
     box: dict = {}
 
     def serve() -> None:
         asyncio.set_event_loop(loop)
-        box["runner"], box["port"] = loop.run_until_complete(start(port=0))
+        box["runner"], box["port"] = loop.run_until_complete(starter())
         started.set()
         loop.run_forever()
 

@@ -292,7 +292,7 @@ def test_memory_flags_a_stale_hold(live: Live) -> None:
     live.clock.advance(TIMEOUT + 1)  # the sweeper did not run
     report = _memory_report(live)
     assert violated(report) == {"holds": 1}
-    assert report.violations[-1]["oldest_hold_age_s"] == TIMEOUT + 1
+    assert report.violations[-1]["oldest_hold_age_ms"] == (TIMEOUT + 1) * 1000
     live.book.expire_old()
     assert _memory_report(live).ok
 

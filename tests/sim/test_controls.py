@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -18,36 +17,17 @@ import pytest
 from aiohttp import web
 
 from farebox.sim.controls import ControlError, from_messages, from_prefix, resolve
-from farebox.sim.server import create_app, start
+from farebox.sim.server import create_app
+from tests.simthread import running_sim
 
 HI = [{"role": "user", "content": "hello"}]
-
-
-def _serve_in_thread(starter: Callable) -> Iterator[str]:
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-    box: dict = {}
-
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        box["runner"], box["port"] = loop.run_until_complete(starter())
-        started.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    assert started.wait(10), "sim server did not start"
-    yield f"http://127.0.0.1:{box['port']}"
-    asyncio.run_coroutine_threadsafe(box["runner"].cleanup(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
-    loop.close()
 
 
 @pytest.fixture(scope="module")
 def base() -> Iterator[str]:
     """The sim as `farebox sim` runs it: server.start() on a free port."""
-    yield from _serve_in_thread(lambda: start(port=0))
+    with running_sim() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +40,8 @@ def plain_base() -> Iterator[str]:
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         return runner, runner.addresses[0][1]
 
-    yield from _serve_in_thread(plain)
+    with running_sim(plain) as url:
+        yield url
 
 
 def client(base: str, prefix: str = "", **kw: object) -> openai.OpenAI:

@@ -3,13 +3,11 @@ with the official SDK and with raw HTTP."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -19,8 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from farebox.sim.server import start
 from farebox.sim.text import count_prompt_tokens
+from tests.simthread import running_sim
 
 HI = [{"role": "user", "content": "hello"}]
 
@@ -28,24 +26,8 @@ HI = [{"role": "user", "content": "hello"}]
 @pytest.fixture(scope="module")
 def base() -> Iterator[str]:
     """A real sim server on a free port, served from a background thread's loop."""
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-    box: dict = {}
-
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        box["runner"], box["port"] = loop.run_until_complete(start(port=0))
-        started.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    assert started.wait(10), "sim server did not start"
-    yield f"http://127.0.0.1:{box['port']}"
-    asyncio.run_coroutine_threadsafe(box["runner"].cleanup(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
-    loop.close()
+    with running_sim() as url:
+        yield url
 
 
 def client(base: str, prefix: str = "") -> openai.OpenAI:

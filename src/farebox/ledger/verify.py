@@ -106,7 +106,7 @@ def verify_memory(report: Report, *, stored: dict[str, int], memory: dict[str, i
     against their timeout. Call with the writer idle so both views are of the same moment."""
     report.counts["open_holds"] = open_holds
     report.add("holds", [] if oldest_hold_age_s <= hold_limit_s else
-               [{"oldest_hold_age_s": round(oldest_hold_age_s, 3), "limit_s": hold_limit_s}])
+               [{"oldest_hold_age_ms": int(oldest_hold_age_s * 1000), "limit_s": hold_limit_s}])
     accounts = set(stored) | {a for a, v in memory.items() if v}
     report.add("memory", [{"account": a, "stored": stored.get(a, 0), "memory": memory.get(a, 0)}
                           for a in sorted(accounts) if stored.get(a, 0) != memory.get(a, 0)])
