@@ -8,8 +8,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from farebox.catalog.model import Catalog, Endpoint
 from farebox.clock import Clock
@@ -29,7 +30,7 @@ from farebox.ledger.pricing import (
     max_cost,
 )
 from farebox.money import round_up_to_nanos, usd_json
-from farebox.providers.base import Call, Dialect, UpstreamStream, normalize_finish
+from farebox.providers.base import Call, Dialect, Reply, UpstreamStream, normalize_finish
 from farebox.routing.plan import plan
 from farebox.settings import Settings
 from farebox.tenancy.records import KeyRecord, Organization
@@ -84,6 +85,25 @@ class Outcome:
 
 class ClientGone(Exception):
     pass
+
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class _Served(Generic[T]):
+    endpoint: Endpoint
+    hold: Hold
+    result: T
+    attempts: list[dict[str, Any]]
+
+
+class _Abandoned(Exception):
+    """The client went away while an attempt waited for its first token."""
+
+    def __init__(self, endpoint: Endpoint, hold: Hold, attempts: list[dict[str, Any]]) -> None:
+        super().__init__(endpoint.id)
+        self.endpoint, self.hold, self.attempts = endpoint, hold, attempts
 
 
 _SUBSTANCE = ("content", "reasoning", "reasoning_content", "tool_calls", "refusal", "reasoning_details")
@@ -160,14 +180,16 @@ class Relay:
                 "latency": round((self.clock.monotonic() - started) * 1000), "is_byok": False,
                 "routed_service_tier": None}
 
-    # -- non-streaming -------------------------------------------------------------
-    async def complete(self, req: ChatRequest) -> dict[str, Any]:
-        endpoints = self.plan(req)
+    async def _attempts(self, req: ChatRequest,
+                        attempt: Callable[[Call], Awaitable[tuple[T, str | None]]]) -> _Served[T]:
+        """Try the planned endpoints in order until one answers: hold (or resize the hold)
+        for each, call `attempt`, record it, fail over on errors that allow it. Raises the
+        last error, or 402/403 when no endpoint could be afforded."""
         hold: Hold | None = None
         shortfall: tuple[Shortfall, Endpoint] | None = None
         error: FareboxError | None = None
         attempts: list[dict[str, Any]] = []
-        for endpoint in endpoints:
+        for endpoint in self.plan(req):
             try:
                 hold = self._hold(req, hold, endpoint)
             except Shortfall as s:
@@ -176,22 +198,35 @@ class Relay:
             started = self.clock.monotonic()
             call = Call(endpoint, req.body, self.catalog.credential(endpoint.provider) or "", self._user_tag(req))
             try:
-                reply = await self.dialects[endpoint.provider.dialect].complete(call)
+                result, upstream_id = await attempt(call)
+            except ClientGone:
+                attempts.append(self._attempt(endpoint, 499, started, None))
+                raise _Abandoned(endpoint, hold, attempts) from None
             except FareboxError as e:
                 attempts.append(self._attempt(endpoint, e.status, started, None))
                 error = e
                 if not e.failover:
                     break
                 continue
-            attempts.append(self._attempt(endpoint, 200, started, reply.upstream_id))
-            return await self._complete_reply(req, hold, endpoint, reply.body, reply.usage, reply.upstream_id,
-                                              attempts)
+            attempts.append(self._attempt(endpoint, 200, started, upstream_id))
+            return _Served(endpoint, hold, result, attempts)
         if hold is not None:
             self.ledger.book.release(hold)
         if error is not None:
             raise error
         assert shortfall is not None
         raise self._shortfall_error(req, *shortfall)
+
+    # -- non-streaming -------------------------------------------------------------
+    async def complete(self, req: ChatRequest) -> dict[str, Any]:
+        async def attempt(call: Call) -> tuple[Reply, str | None]:
+            reply = await self.dialects[call.endpoint.provider.dialect].complete(call)
+            return reply, reply.upstream_id
+
+        served = await self._attempts(req, attempt)
+        reply = served.result
+        return await self._complete_reply(req, served.hold, served.endpoint, reply.body, reply.usage,
+                                          reply.upstream_id, served.attempts)
 
     async def _complete_reply(self, req: ChatRequest, hold: Hold, endpoint: Endpoint, body: dict[str, Any],
                               usage: Usage | None, upstream_id: str | None,
@@ -222,49 +257,25 @@ class Relay:
 
     # -- streaming -----------------------------------------------------------------
     async def stream(self, req: ChatRequest, sink: Sink) -> None:
-        endpoints = self.plan(req)
-        hold: Hold | None = None
-        shortfall: tuple[Shortfall, Endpoint] | None = None
-        error: FareboxError | None = None
-        attempts: list[dict[str, Any]] = []
-        opened: tuple[Endpoint, UpstreamStream, list[dict[str, Any]], bool] | None = None
-        for endpoint in endpoints:
-            try:
-                hold = self._hold(req, hold, endpoint)
-            except Shortfall as s:
-                shortfall = shortfall or (s, endpoint)
-                continue
-            started = self.clock.monotonic()
-            call = Call(endpoint, req.body, self.catalog.credential(endpoint.provider) or "", self._user_tag(req))
-            try:
-                upstream, held, ended = await self._open(call, sink)
-            except ClientGone:
-                attempts.append(self._attempt(endpoint, 499, started, None))
-                assert hold is not None
-                outcome = Outcome(endpoint, Usage(), None, None, None, None, cancelled=True, attempts=attempts)
-                await self._settle(req, hold, outcome)
-                return
-            except FareboxError as e:
-                attempts.append(self._attempt(endpoint, e.status, started, None))
-                error = e
-                if not e.failover:
-                    break
-                continue
-            attempts.append(self._attempt(endpoint, 200, started, upstream.upstream_id))
-            opened = (endpoint, upstream, held, ended)
-            break
-        if opened is None:
-            if hold is not None:
-                self.ledger.book.release(hold)
-            if error is None:
-                assert shortfall is not None
-                error = self._shortfall_error(req, *shortfall)
+        async def attempt(call: Call) -> tuple[tuple[UpstreamStream, list[dict[str, Any]], bool], str | None]:
+            opened = await self._open(call, sink)
+            return opened, opened[0].upstream_id
+
+        try:
+            served = await self._attempts(req, attempt)
+        except _Abandoned as gone:
+            # The client left before the first token: nothing generated, nothing billed,
+            # but the generation is recorded as cancelled.
+            outcome = Outcome(gone.endpoint, Usage(), None, None, None, None, cancelled=True, attempts=gone.attempts)
+            await self._settle(req, gone.hold, outcome)
+            return
+        except FareboxError as error:
             if not sink.started:
-                raise error
+                raise
             await sink.fail(self._error_chunk(req, None, error))
             return
-        assert hold is not None
-        await self._relay_stream(req, hold, sink, *opened, attempts)
+        upstream, held, ended = served.result
+        await self._relay_stream(req, served.hold, sink, served.endpoint, upstream, held, ended, served.attempts)
 
     async def _open(self, call: Call, sink: Sink) -> tuple[UpstreamStream, list[dict[str, Any]], bool]:
         """Open the upstream stream and read up to its first chunk with choices, sending

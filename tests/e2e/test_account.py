@@ -242,3 +242,36 @@ def test_client_disconnect_stops_upstream_and_bills_what_was_sent(funded, sim_ur
             break
         time.sleep(0.05)
     assert stats["streams_disconnected"] == stats_before["streams_disconnected"] + 1
+
+
+def test_client_leaving_before_the_first_token_costs_nothing_and_is_recorded(make_gateway, sim_url):
+    gw = make_gateway(sse_keepalive_s=0.1)
+    gw.org("early", "1.00")
+    key, _ = gw.key("early")
+    _, stats_before, _ = http("GET", f"{sim_url}/_sim/stats")
+    host, port = gw.url.removeprefix("http://").split(":")
+    conn = httpclient.HTTPConnection(host, int(port), timeout=30)
+    conn.request("POST", "/api/v1/chat/completions",
+                 json.dumps({"model": "sim/small", "stream": True, "messages": MSG, "sim": {"ttft_ms": 5000}}),
+                 {"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    response = conn.getresponse()
+    gen_id = response.headers["x-generation-id"]
+    assert response.readline() == b": OPENROUTER PROCESSING\n"  # waiting for the first token...
+    conn.sock.close()  # ...and the client gives up
+    conn.close()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        status, data, _ = http("GET", f"{gw.api}/generation?id={gen_id}", key=key)
+        if status == 200:
+            break
+        time.sleep(0.05)
+    record = data["data"]
+    assert record["cancelled"] is True and record["total_cost"] == 0 and record["tokens_completion"] == 0
+    assert [a["status"] for a in record["provider_responses"]] == [499]
+    assert gw.balance("early") == 1
+    while time.monotonic() < deadline:  # and the upstream request was abandoned too
+        _, stats, _ = http("GET", f"{sim_url}/_sim/stats")
+        if stats["requests_disconnected"] > stats_before["requests_disconnected"]:
+            break
+        time.sleep(0.05)
+    assert stats["requests_disconnected"] > stats_before["requests_disconnected"]
