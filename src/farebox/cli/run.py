@@ -154,6 +154,7 @@ Try it:
     -H "Authorization: Bearer {api_key}" -H "Content-Type: application/json" \\
     -d '{{"model": "sim/small", "messages": [{{"role": "user", "content": "Hello"}}]}}'
 
+  # with the openai package installed (pip install openai):
   python3 -c 'from openai import OpenAI; c = OpenAI(base_url="{base_url}", api_key="{api_key}"); \\
 print(c.chat.completions.create(model="sim/small", messages=[{{"role": "user", "content": "Hello"}}]))'
 
