@@ -275,3 +275,12 @@ def test_client_leaving_before_the_first_token_costs_nothing_and_is_recorded(mak
             break
         time.sleep(0.05)
     assert stats["requests_disconnected"] > stats_before["requests_disconnected"]
+
+
+def test_a_second_server_on_the_same_database_refuses_to_start(gateway):
+    env = dict(os.environ, FAREBOX_HOME=str(gateway.home), FAREBOX_PORT="0",
+               FAREBOX_CATALOG_PATH=str(gateway.home / "catalog.toml"), FAREBOX_CATALOG_BUILTIN="false")
+    second = subprocess.run([sys.executable, "-m", "farebox", "serve"], env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert second.returncode == 2
+    assert "in use by another Farebox process" in second.stderr

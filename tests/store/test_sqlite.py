@@ -15,7 +15,7 @@ import pytest
 from farebox.ledger.entries import GRANTS, OVERRUN, REVENUE, Entry, wallet
 from farebox.store import sqlite as ops
 from farebox.store.schema import MIGRATIONS
-from farebox.store.sqlite import Store, migrate
+from farebox.store.sqlite import Store, connect, migrate
 from farebox.store.writer import GroupWriter
 
 W = wallet(1)
@@ -86,14 +86,15 @@ def test_store_creates_its_directory_and_system_accounts(tmp_path: Path) -> None
         s.close()
 
 
-def test_two_stores_on_one_file(tmp_path: Path) -> None:
+def test_migrating_from_a_second_connection_applies_nothing(tmp_path: Path) -> None:
     a = Store(tmp_path / "x.db")
-    b = Store(tmp_path / "x.db")
+    other = connect(tmp_path / "x.db", "NORMAL")
     try:
-        assert [v for (v,) in b.reader_conn.execute("SELECT version FROM schema_migrations")] == [1]
+        assert migrate(other) == max(v for v, _ in MIGRATIONS)
+        assert [v for (v,) in other.execute("SELECT version FROM schema_migrations")] == [1]
     finally:
+        other.close()
         a.close()
-        b.close()
 
 
 def test_migration_creates_every_guard(store: Store) -> None:
@@ -278,3 +279,13 @@ def test_floor_also_holds_for_inserts_and_the_floored_flag(tmp_path):
     with pytest.raises(_sqlite3.IntegrityError, match="balance below zero"):
         conn.execute("UPDATE accounts SET balance = -5 WHERE id = 'org:9:wallet'")
     store.close()
+
+
+def test_one_process_owns_a_database(tmp_path):
+    from farebox.store.sqlite import DatabaseInUse
+
+    first = Store(tmp_path / "owned.db")
+    with pytest.raises(DatabaseInUse, match="in use by another Farebox process"):
+        Store(tmp_path / "owned.db")
+    first.close()
+    Store(tmp_path / "owned.db").close()  # free again once the owner closed it

@@ -27,11 +27,15 @@ def _settings(config: Path | None, **overrides: object) -> Settings:
 
 def _gateway(settings: Settings):  # type: ignore[no-untyped-def]
     from farebox.app import Gateway
+    from farebox.store.sqlite import DatabaseInUse
 
     try:
         return Gateway(settings)
     except ConfigError as e:
         typer.echo(f"farebox: configuration error: {e}", err=True)
+        raise typer.Exit(2) from None
+    except DatabaseInUse as e:
+        typer.echo(f"farebox: {e}; one server per database", err=True)
         raise typer.Exit(2) from None
 
 

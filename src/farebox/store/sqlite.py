@@ -9,6 +9,8 @@ power loss at the cost of an fsync per batch.
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import sqlite3
 import threading
 from collections import defaultdict
@@ -70,10 +72,23 @@ def _statements(sql: str) -> list[str]:
     return out
 
 
+class DatabaseInUse(RuntimeError):
+    pass
+
+
 class Store:
     def __init__(self, path: Path, synchronous: str = "NORMAL") -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        # One process owns a database: its in-memory book is the authority on balances
+        # and holds, so a second server on the same file could spend the same credit
+        # twice. The lock goes with the process, however it ends.
+        self._lock_fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise DatabaseInUse(f"{path} is in use by another Farebox process") from None
         self.writer_conn = connect(path, synchronous)
         migrate(self.writer_conn)
         self.reader_conn = connect(path, synchronous)
@@ -82,6 +97,7 @@ class Store:
     def close(self) -> None:
         self.writer_conn.close()
         self.reader_conn.close()
+        os.close(self._lock_fd)
 
     # -- reads -------------------------------------------------------------------
     def read_sync(self, fn: Callable[..., T], *args: Any) -> T:
