@@ -189,6 +189,7 @@ class Relay:
         shortfall: tuple[Shortfall, Endpoint] | None = None
         error: FareboxError | None = None
         attempts: list[dict[str, Any]] = []
+        user_tag = self._user_tag(req)  # once per request, not per attempt
         for endpoint in self.plan(req):
             try:
                 hold = self._hold(req, hold, endpoint)
@@ -196,7 +197,7 @@ class Relay:
                 shortfall = shortfall or (s, endpoint)
                 continue
             started = self.clock.monotonic()
-            call = Call(endpoint, req.body, self.catalog.credential(endpoint.provider) or "", self._user_tag(req))
+            call = Call(endpoint, req.body, self.catalog.credential(endpoint.provider) or "", user_tag)
             try:
                 result, upstream_id = await attempt(call)
             except ClientGone:

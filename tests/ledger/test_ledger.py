@@ -15,7 +15,7 @@ import pytest
 
 from farebox.clock import FakeClock
 from farebox.errors import Conflict, InternalError
-from farebox.ledger.book import Book, KeyCap
+from farebox.ledger.book import Book, Hold, KeyCap, Settlement
 from farebox.ledger.entries import GRANTS, REVENUE, wallet
 from farebox.ledger.ledger import Ledger
 from farebox.ledger.verify import verify_store
@@ -49,6 +49,12 @@ def store(tmp_path: Path) -> Iterator[Store]:
 def make_ledger(store: Store, clock: FakeClock | None = None) -> Ledger:
     clock = clock or FakeClock()
     return Ledger(Book(clock, TIMEOUT), GroupWriter(store.writer_conn), clock, sweep_interval_s=0.001)
+
+
+def settle(book: Book, hold: Hold, cost: int, reference: str, generation_id: str) -> Settlement:
+    """Settle as the relay does, for organization 1 and key "k"."""
+    return book.settle(hold, cost, reference=reference, created_at=1, org_id=1, key_hash="k",
+                       generation_id=generation_id)
 
 
 def stored_balances(store: Store) -> dict[str, int]:
@@ -87,8 +93,7 @@ def test_commit_makes_a_settlement_durable(store: Store) -> None:
         try:
             await ledger.grant(1, 1000, "a")
             h = book.hold("g1", W, 400)
-            s = book.settle(h, 500, reference="charge:g1", created_at=1, org_id=1, key_hash="k",
-                            generation_id="g1")
+            s = settle(book, h, 500, "charge:g1", "g1")
             await ledger.commit(s, None, generation("g1", 500, s.charged))
         finally:
             ledger.writer.stop()
@@ -107,13 +112,11 @@ def test_a_failed_commit_reverts_the_book(store: Store) -> None:
         ledger.writer.start()
         try:
             await ledger.grant(1, 1000, "a")
-            s1 = book.settle(book.hold("g1", W, 100, cap), 100, reference="charge:g1", created_at=1, org_id=1,
-                             key_hash="k", generation_id="g1")
+            s1 = settle(book, book.hold("g1", W, 100, cap), 100, "charge:g1", "g1")
             await ledger.commit(s1, cap, generation("g1", 100, 100))
             before = dict(book.balances)
             # A second request reusing the generation id: its commit fails.
-            s2 = book.settle(book.hold("g1", W, 300, cap), 300, reference="charge:g1-b", created_at=1,
-                             org_id=1, key_hash="k", generation_id="g1")
+            s2 = settle(book, book.hold("g1", W, 300, cap), 300, "charge:g1-b", "g1")
             assert book.balance(W) == 600
             with pytest.raises(InternalError):
                 await ledger.commit(s2, cap, generation("g1", 300, 300))
@@ -134,8 +137,7 @@ def test_load_rebuilds_the_book(store: Store) -> None:
         ledger.writer.start()
         try:
             await ledger.grant(1, 1000, "a")
-            s = ledger.book.settle(ledger.book.hold("g", W, 300), 250, reference="charge:g", created_at=1,
-                                   org_id=1, key_hash="k", generation_id="g")
+            s = settle(ledger.book, ledger.book.hold("g", W, 300), 250, "charge:g", "g")
             await ledger.commit(s, None, generation("g", 250, 250))
         finally:
             ledger.writer.stop()
@@ -198,12 +200,10 @@ def test_a_cancelled_commit_that_fails_still_reverts_the_book(store: Store) -> N
         ledger.writer.start()
         try:
             await ledger.grant(1, 1000, "a")
-            s1 = book.settle(book.hold("g1", W, 100), 100, reference="charge:g1", created_at=1, org_id=1,
-                             key_hash="k", generation_id="g1")
+            s1 = settle(book, book.hold("g1", W, 100), 100, "charge:g1", "g1")
             await ledger.commit(s1, None, generation("g1", 100, 100))
             # Its commit will fail: the generation id is taken.
-            s2 = book.settle(book.hold("g2", W, 300), 300, reference="charge:g2", created_at=1, org_id=1,
-                             key_hash="k", generation_id="g1")
+            s2 = settle(book, book.hold("g2", W, 300), 300, "charge:g2", "g1")
             await _cancel_while_queued(ledger, ledger.commit(s2, None, generation("g1", 300, 300)))
         finally:
             ledger.writer.stop()

@@ -105,6 +105,16 @@ def test_an_empty_ledger_passes(tmp_path: Path) -> None:
         store.close()
 
 
+def post_raw(raw: sqlite3.Connection, kind: str, src: str, dst: str, amount: int, reference: str,
+             generation_id: str | None = None) -> None:
+    """Post an entry and move both balances by hand, bypassing the ledger: the tampering
+    a violation test needs."""
+    raw.execute("INSERT INTO entries (created_at, kind, from_account, to_account, amount, reference, generation_id)"
+                " VALUES (1, ?, ?, ?, ?, ?, ?)", (kind, src, dst, amount, reference, generation_id))
+    raw.execute("UPDATE accounts SET balance = balance - ? WHERE id = ?", (amount, src))
+    raw.execute("UPDATE accounts SET balance = balance + ? WHERE id = ?", (amount, dst))
+
+
 def test_verify_leaves_the_connection_usable(live: Live) -> None:
     live.verify()
     assert not live.store.reader_conn.in_transaction
@@ -164,10 +174,7 @@ def test_floors_catch_a_wallet_that_went_negative_in_history(live: Live) -> None
 def test_floors_catch_a_wallet_below_zero_now(live: Live) -> None:
     raw = live.raw()
     raw.execute("DROP TRIGGER accounts_floor")
-    raw.execute("INSERT INTO entries (created_at, kind, from_account, to_account, amount, reference)"
-                " VALUES (1, 'adjust', ?, ?, 1000, 'adj:over')", (W2, REVENUE))
-    raw.execute("UPDATE accounts SET balance = balance - 1000 WHERE id = ?", (W2,))
-    raw.execute("UPDATE accounts SET balance = balance + 1000 WHERE id = ?", (REVENUE,))
+    post_raw(raw, "adjust", W2, REVENUE, 1000, "adj:over")
     raw.close()
     report = live.verify()
     assert violated(report) == {"floors": 1}
@@ -200,10 +207,7 @@ def test_generations_catch_a_charged_mismatch(live: Live) -> None:
 
 def test_generations_catch_a_free_request_that_was_charged(live: Live) -> None:
     raw = live.raw()
-    raw.execute("INSERT INTO entries (created_at, kind, from_account, to_account, amount, reference,"
-                " generation_id) VALUES (1, 'charge', ?, ?, 9, 'charge:g4', 'g4')", (W1, REVENUE))
-    raw.execute("UPDATE accounts SET balance = balance - 9 WHERE id = ?", (W1,))
-    raw.execute("UPDATE accounts SET balance = balance + 9 WHERE id = ?", (REVENUE,))
+    post_raw(raw, "charge", W1, REVENUE, 9, "charge:g4", "g4")
     raw.close()
     report = live.verify()
     assert violated(report) == {"generations": 1}
@@ -217,10 +221,7 @@ def test_generations_catch_two_charge_entries(live: Live) -> None:
                 " tokens_prompt, tokens_completion, streamed, cancelled, data)"
                 " VALUES ('g9', 1, 'k', 1, 'm', 30, 30, 1, 1, 0, 0, x'7b7d')")
     for ref, amount in (("charge:g9", 10), ("charge:g9:again", 20)):
-        raw.execute("INSERT INTO entries (created_at, kind, from_account, to_account, amount, reference,"
-                    " generation_id) VALUES (1, 'charge', ?, ?, ?, ?, 'g9')", (W1, REVENUE, amount, ref))
-    raw.execute("UPDATE accounts SET balance = balance - 30 WHERE id = ?", (W1,))
-    raw.execute("UPDATE accounts SET balance = balance + 30 WHERE id = ?", (REVENUE,))
+        post_raw(raw, "charge", W1, REVENUE, amount, ref, "g9")
     raw.close()
     report = live.verify()
     assert violated(report) == {"generations": 1}
