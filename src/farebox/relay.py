@@ -120,6 +120,14 @@ def _substantive(choices: list[dict[str, Any]]) -> bool:
     return False
 
 
+def _native_finish(choice: dict[str, Any]) -> str | None:
+    """The provider's own finish reason. Dialects that translate (Anthropic, Gemini) set
+    `native_finish_reason` beside an already normalized `finish_reason`; for OpenAI
+    dialect upstreams the two are the same field."""
+    native = choice.get("native_finish_reason")
+    return native if isinstance(native, str) else choice.get("finish_reason")
+
+
 class Relay:
     def __init__(self, *, catalog: Catalog, dialects: dict[str, Dialect], ledger: Ledger,
                  settings: Settings, clock: Clock) -> None:
@@ -235,9 +243,9 @@ class Relay:
         choices = body["choices"]
         native = None
         for choice in choices:
-            native_c = choice.get("finish_reason")
+            native_c = _native_finish(choice)
             choice["native_finish_reason"] = native_c
-            choice["finish_reason"] = normalize_finish(native_c)
+            choice["finish_reason"] = normalize_finish(choice.get("finish_reason"))
             native = native if native is not None else native_c
         if usage is None:
             text = "".join(c["message"].get("content") or "" for c in choices
@@ -351,9 +359,10 @@ class Relay:
                     chunk["model"] = endpoint.model_id
                     for choice in choices:
                         reason = choice.get("finish_reason")
-                        choice["native_finish_reason"] = reason
+                        native_c = _native_finish(choice)
+                        choice["native_finish_reason"] = native_c
                         if reason:
-                            native = reason
+                            native = native_c
                             choice["finish_reason"] = normalize_finish(reason)
                         delta = choice.get("delta")
                         if delta and (delta.get("content") or delta.get("reasoning") or delta.get("tool_calls")

@@ -122,7 +122,7 @@ def test_failover_to_the_next_endpoint_before_the_first_byte(funded):
         status, data, _ = http("GET", f"{gw.api}/generation?id={gen_id}", key=key)
         assert status == 200
         attempts = data["data"]["provider_responses"]
-        assert [a["status"] for a in attempts] == [502, 200]
+        assert [a["status"] for a in attempts] == [503, 200]
         assert [a["provider_name"] for a in attempts] == ["Broken Simulator", "Farebox Simulator"]
         assert data["data"]["provider_name"] == "Farebox Simulator"
 

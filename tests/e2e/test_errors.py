@@ -167,7 +167,7 @@ def test_body_over_the_limit_is_413(make_gateway):
 @pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize(("control", "status", "exc"), [
     ({"status": 500}, 502, openai.InternalServerError),
-    ({"status": 503}, 502, openai.InternalServerError),
+    ({"status": 503}, 503, openai.InternalServerError),
     ({"garbage": True}, 502, openai.InternalServerError),
     ({"cut_after": 0}, 502, openai.InternalServerError),
     ({"status": 429, "retry_after": 7}, 429, openai.RateLimitError),

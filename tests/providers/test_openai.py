@@ -108,17 +108,18 @@ def test_stream_yields_chunks_and_captures_usage(sim):
     assert all("usage" not in c for c in chunks)
 
 
-@pytest.mark.parametrize(("control", "status", "failover"), [
-    ({"status": 400}, 400, False), ({"status": 404}, 404, False), ({"status": 422}, 422, False),
-    ({"status": 401}, 502, True), ({"status": 402}, 502, True), ({"status": 429}, 429, True),
-    ({"status": 500}, 502, True), ({"status": 503}, 502, True),
-    ({"garbage": True}, 502, True), ({"cut_after": 1}, 502, True),
+@pytest.mark.parametrize(("control", "status", "failover", "error_type"), [
+    ({"status": 400}, 400, False, "invalid_request"), ({"status": 404}, 404, False, "not_found"),
+    ({"status": 422}, 422, False, "unprocessable"), ({"status": 401}, 502, True, "authentication"),
+    ({"status": 402}, 502, True, "payment_required"), ({"status": 429}, 429, True, "rate_limit_exceeded"),
+    ({"status": 500}, 502, True, "provider_unavailable"), ({"status": 503}, 503, True, "provider_overloaded"),
+    ({"garbage": True}, 502, True, "provider_unavailable"), ({"cut_after": 1}, 502, True, "provider_unavailable"),
 ])
-def test_upstream_errors_are_typed(sim, control, status, failover):
+def test_upstream_errors_are_typed(sim, control, status, failover, error_type):
     with pytest.raises(ProviderError) as caught:
         asyncio.run(_complete(sim, sim=control))
     error = caught.value
-    assert (error.status, error.failover) == (status, failover)
+    assert (error.status, error.failover, error.error_type) == (status, failover, error_type)
     assert error.metadata["provider_name"] == "Farebox Simulator"
 
 

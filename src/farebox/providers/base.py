@@ -23,7 +23,7 @@ GATEWAY_FIELDS = frozenset({
 FINISH_REASONS = {
     "stop": "stop", "length": "length", "tool_calls": "tool_calls", "content_filter": "content_filter",
     "function_call": "tool_calls", "error": "error", "eos": "stop", "end_turn": "stop",
-    "max_tokens": "length", "stop_sequence": "stop", "tool_use": "tool_calls",
+    "max_tokens": "length", "stop_sequence": "stop", "tool_use": "tool_calls", "refusal": "content_filter",
 }
 
 
@@ -66,6 +66,12 @@ class UpstreamStream(Protocol):
 
 
 class Dialect(Protocol):
+    """One upstream wire format. `complete` returns an OpenAI chat.completion body and
+    `open_stream` yields OpenAI chat.completion.chunk dicts, whatever the provider speaks.
+    A dialect that translates sets each choice's `finish_reason` to the normalized value
+    (stop|length|tool_calls|content_filter|error) and `native_finish_reason` to the
+    provider's own; errors are raised as ProviderError via `faults.provider_error`."""
+
     async def complete(self, call: Call) -> Reply: ...
 
     async def open_stream(self, call: Call) -> UpstreamStream: ...

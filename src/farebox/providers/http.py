@@ -1,14 +1,14 @@
 """Pooled upstream HTTP: one aiohttp session per provider, and the only place that
 catches transport exceptions and turns them into typed errors.
 
-Upstream HTTP errors are mapped here too: a client error the upstream blames on the
-request (400, 404, 413, 422) keeps its status and is not retried elsewhere; rate limits
-stay 429; anything else (5xx, auth or billing trouble with our provider account, garbage)
-is a 502 worth failing over.
+Upstream HTTP error statuses are read here too: the dialect's `read_fault` names the
+kind of error from its body, and `faults.provider_error` decides our status and whether
+another endpoint may be tried.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -16,9 +16,10 @@ import orjson
 
 from farebox.catalog.model import Provider
 from farebox.errors import ProviderError, UpstreamTimeout
+from farebox.providers.faults import Fault, provider_error
 
 ERROR_BODY_MAX = 64 * 1024
-_CLIENT_ERRORS = {400, 404, 413, 422}
+ReadFault = Callable[[int, Any], Fault]  # (HTTP status, parsed body or text) -> Fault
 _TRANSPORT = (aiohttp.ClientError, OSError, ValueError)  # ValueError: aiohttp's "line too long"
 
 
@@ -46,7 +47,8 @@ class Upstreams:
             await session.close()
         self._sessions.clear()
 
-    async def post(self, provider: Provider, url: str, body: bytes, headers: dict[str, str]) -> aiohttp.ClientResponse:
+    async def post(self, provider: Provider, url: str, body: bytes, headers: dict[str, str],
+                   read_fault: ReadFault) -> aiohttp.ClientResponse:
         """POST and return the response once its status line and headers arrived.
         Raises ProviderError/UpstreamTimeout for transport failures and error statuses."""
         try:
@@ -57,7 +59,7 @@ class Upstreams:
             raise ProviderError(f"Could not reach {provider.name}: {_describe(e)}", provider_name=provider.name,
                                 raw=_describe(e)) from None
         if response.status >= 400:
-            raise await _status_error(provider, response)
+            raise await _status_error(provider, response, read_fault)
         return response
 
 
@@ -95,7 +97,7 @@ def invalid_response(provider: Provider, data: bytes | str) -> ProviderError:
                          raw=text[:1000])
 
 
-async def _status_error(provider: Provider, response: aiohttp.ClientResponse) -> ProviderError:
+async def _status_error(provider: Provider, response: aiohttp.ClientResponse, read_fault: ReadFault) -> ProviderError:
     status = response.status
     try:
         data = await response.content.read(ERROR_BODY_MAX)
@@ -108,18 +110,12 @@ async def _status_error(provider: Provider, response: aiohttp.ClientResponse) ->
     except orjson.JSONDecodeError:
         raw = data.decode("utf-8", "replace")
     headers = {}
-    if status == 429:
-        mapped, failover = 429, True
-        if "retry-after" in response.headers:
-            headers["Retry-After"] = response.headers["retry-after"]
-    elif status in _CLIENT_ERRORS:
-        mapped, failover = status, False
-    else:
-        mapped, failover = 502, True
-    return ProviderError("Provider returned error", provider_name=provider.name, raw=raw, status=mapped,
-                         failover=failover, headers=headers,
-                         error_type="rate_limit_exceeded" if status == 429 else
-                         "invalid_request" if status in _CLIENT_ERRORS else None)
+    if "retry-after" in response.headers:
+        headers["Retry-After"] = response.headers["retry-after"]
+    fault = read_fault(status, raw)
+    if fault.error_type != "rate_limit_exceeded":
+        headers.clear()  # Retry-After on anything else is about the provider, not the client
+    return provider_error(provider.name, fault, raw, headers)
 
 
 def _describe(e: BaseException) -> str:

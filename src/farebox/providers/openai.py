@@ -16,6 +16,7 @@ from farebox.catalog.model import Provider
 from farebox.errors import ProviderError
 from farebox.ledger.pricing import Usage
 from farebox.providers.base import GATEWAY_FIELDS, Call, Reply, usage_from_openai
+from farebox.providers.faults import Fault, by_status, provider_error
 from farebox.providers.http import Upstreams, invalid_response, read_json, read_line
 
 
@@ -46,7 +47,7 @@ class OpenAIDialect:
     async def complete(self, call: Call) -> Reply:
         provider = call.endpoint.provider
         url, body, headers = self.request(call, stream=False)
-        response = await self.upstreams.post(provider, url, body, headers)
+        response = await self.upstreams.post(provider, url, body, headers, read_fault)
         data = await read_json(provider, response)
         choices = data.get("choices") if isinstance(data, dict) else None
         if not isinstance(choices, list) or not choices or not all(
@@ -59,7 +60,7 @@ class OpenAIDialect:
     async def open_stream(self, call: Call) -> OpenAIStream:
         provider = call.endpoint.provider
         url, body, headers = self.request(call, stream=True)
-        response = await self.upstreams.post(provider, url, body, headers)
+        response = await self.upstreams.post(provider, url, body, headers, read_fault)
         return OpenAIStream(provider, response)
 
 
@@ -99,7 +100,7 @@ class OpenAIStream:
             error = chunk.get("error")
             if error:
                 self.close()
-                raise ProviderError("Provider returned error", provider_name=self.provider.name, raw=error)
+                raise provider_error(self.provider.name, read_fault(_stream_status(error), chunk), error)
             if self.upstream_id is None and isinstance(chunk.get("id"), str):
                 self.upstream_id = chunk["id"]
             if "usage" in chunk:
@@ -113,3 +114,59 @@ class OpenAIStream:
         if not self._done:
             self._done = True
             self.response.close()
+
+
+# OpenAI's error `code`s and `type`s, and those of the servers that copy its format
+# (vLLM, DeepSeek, Groq, Mistral, llama.cpp), as OpenRouter error types.
+_CODES = {
+    "context_length_exceeded": "context_length_exceeded",
+    "string_above_max_length": "string_too_long",
+    "max_tokens_exceeded": "max_tokens_exceeded",
+    "insufficient_quota": "payment_required",
+    "invalid_api_key": "authentication",
+    "model_not_found": "not_found",
+    "rate_limit_exceeded": "rate_limit_exceeded",
+    "content_policy_violation": "content_policy_violation",
+    "content_filter": "content_policy_violation",
+    "invalid_image_url": "image_download_failed",
+    "invalid_image_format": "unsupported_image_format",
+    "image_too_large": "image_too_large",
+}
+_TYPES = {
+    "insufficient_quota": "payment_required",
+    "authentication_error": "authentication",
+    "permission_error": "permission_denied",
+    "rate_limit_error": "rate_limit_exceeded",
+    "tokens": "rate_limit_exceeded",
+    "requests": "rate_limit_exceeded",
+    "server_error": "provider_unavailable",
+    "overloaded_error": "provider_overloaded",
+}
+
+
+def read_fault(status: int, raw: Any) -> Fault:
+    """Read an OpenAI-shaped error body: `{"error": {message, type, param, code}}`, or the
+    flat `{"object": "error", message, type, code}` of vLLM and Mistral."""
+    error = raw.get("error") if isinstance(raw, dict) else None
+    if not isinstance(error, dict):
+        error = raw if isinstance(raw, dict) else {}
+    code, kind, message = error.get("code"), error.get("type"), error.get("message")
+    code = code if isinstance(code, str) else None
+    message = message if isinstance(message, str) else (raw if isinstance(raw, str) and raw else None)
+    error_type = _CODES.get(code or "") or _TYPES.get(kind if isinstance(kind, str) else "")
+    if error_type is None or (status >= 500 and error_type not in ("provider_overloaded",)):
+        error_type = by_status(status)
+    if error_type == "invalid_request" and message and _too_long(message):
+        error_type = "context_length_exceeded"
+    return Fault(error_type, code, message)
+
+
+def _too_long(message: str) -> bool:
+    text = message.lower()
+    return "context length" in text or "context window" in text or "maximum context" in text
+
+
+def _stream_status(error: Any) -> int:
+    """A mid-stream error names no HTTP status; its `code` sometimes is one."""
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, int) and 400 <= code <= 599 else 502
