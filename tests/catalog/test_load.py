@@ -10,6 +10,7 @@ import pytest
 
 from farebox.catalog.load import builtin_text, load_catalog, parse_layers
 from farebox.catalog.model import PRICE_KEYS, Catalog
+from farebox.catalog.options import OPTIONS
 from farebox.errors import ConfigError
 from farebox.money import parse_price, price_text
 
@@ -463,3 +464,29 @@ def test_endpoint_context_cannot_exceed_the_models():
         'model = "m"\ncontext_length = 20\nmax_completion_tokens = 5\npricing = { prompt = "0", completion = "0" }\n')
     with pytest.raises(ConfigError, match=r"models\[0\]\.endpoints\[0\]\.context_length: 20 exceeds"):
         parse_layers([("f", text)])
+
+
+def test_error_unknown_provider_option() -> None:
+    with pytest.raises(ConfigError, match=r"providers\.acme\.options\.max_tokenz: unknown option for the openai"):
+        load_text(PROVIDER + 'options = { max_tokenz = "max_tokens" }\n')
+
+
+def test_error_bad_provider_option_value() -> None:
+    with pytest.raises(ConfigError, match=r"providers\.acme\.options\.max_tokens_field: unknown value 'max'"):
+        load_text(PROVIDER + 'options = { max_tokens_field = "max" }\n')
+    with pytest.raises(ConfigError, match=r"providers\.acme\.options\.send_user: expected bool"):
+        load_text(PROVIDER + 'options = { send_user = "no" }\n')
+
+
+def test_provider_options_get_their_defaults() -> None:
+    catalog = load_text(PROVIDER + 'options = { stream_usage = "always" }\n')
+    options = catalog.providers["acme"].options
+    assert options["stream_usage"] == "always" and options["max_tokens_field"] == "as_sent"
+    assert options["send_user"] is True and options["drop_fields"] == []
+
+
+def test_every_provider_option_is_documented() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "catalog.md").read_text()
+    for dialect, specs in OPTIONS.items():
+        for name in specs:
+            assert f"| {dialect} | `{name}` |" in doc, name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Iterator
 
 import orjson
@@ -13,7 +14,7 @@ from farebox.catalog.simulated import sim_catalog
 from farebox.errors import ProviderError, UpstreamTimeout
 from farebox.providers.base import Call, normalize_finish, usage_from_openai
 from farebox.providers.http import Upstreams
-from farebox.providers.openai import OpenAIDialect
+from farebox.providers.openai import OpenAIDialect, read_fault
 from tests.simthread import running_sim
 
 MSG = [{"role": "user", "content": "hi"}]
@@ -158,3 +159,144 @@ def test_finish_reasons_and_usage_parsing():
                            "completion_tokens_details": {"reasoning_tokens": 4}})
     assert (u.prompt_tokens, u.completion_tokens, u.cached_tokens, u.cache_write_tokens, u.reasoning_tokens) == (
         10, 5, 3, 2, 4)
+
+
+# ---------------------------------------------------------------- the OpenAI-compatible family's options
+
+def family_call(options: dict, **body) -> Call:
+    c = call("http://up/v1", **body)
+    provider = dataclasses.replace(c.endpoint.provider, options=options)
+    c.endpoint = dataclasses.replace(c.endpoint, provider=provider)
+    return c
+
+
+def sent(options: dict, stream: bool = False, user_tag: str | None = None, **body) -> dict:
+    d, _ = dialect()
+    c = family_call(options, **body)
+    c.user_tag = user_tag
+    return orjson.loads(d.request(c, stream=stream)[1])
+
+
+@pytest.mark.parametrize(("field", "body", "expected"), [
+    ("as_sent", {"max_tokens": 5}, {"max_tokens": 5}),
+    ("as_sent", {"max_completion_tokens": 5}, {"max_completion_tokens": 5}),
+    ("max_completion_tokens", {"max_tokens": 5}, {"max_completion_tokens": 5}),
+    ("max_tokens", {"max_completion_tokens": 5}, {"max_tokens": 5}),
+    # Both sent: the one the server understands wins.
+    ("max_tokens", {"max_completion_tokens": 5, "max_tokens": 7}, {"max_tokens": 7}),
+])
+def test_max_tokens_field_names_the_cap_as_the_server_wants(field, body, expected):
+    out = sent({"max_tokens_field": field}, **body)
+    assert {k: v for k, v in out.items() if k.startswith("max_")} == expected
+
+
+def test_stream_usage_always_sends_no_stream_options():
+    assert "stream_options" not in sent({"stream_usage": "always"}, stream=True, stream_options={"x": 1})
+    assert sent({}, stream=True)["stream_options"] == {"include_usage": True}
+
+
+def test_seed_user_effort_and_dropped_fields():
+    out = sent({"seed_field": "random_seed", "send_user": False, "reasoning_effort": False,
+                "drop_fields": ["logit_bias"]}, user_tag="tag", seed=7, user="alice",
+               reasoning={"effort": "low"}, logit_bias={"1": 2})
+    assert out == {"model": "sim-small", "messages": MSG, "random_seed": 7}
+
+
+def test_reasoning_on_assistant_messages_is_dropped_unless_the_server_reads_it():
+    history = [{"role": "user", "content": "q"},
+               {"role": "assistant", "content": "a", "reasoning": "because", "reasoning_details": [{"x": 1}]},
+               {"role": "user", "content": "again"}]
+    assert sent({}, messages=history)["messages"][1] == {"role": "assistant", "content": "a"}
+    out = sent({"reasoning_in_messages": True, "reasoning_field": "reasoning_content"}, messages=history)
+    assert out["messages"][1] == {"role": "assistant", "content": "a", "reasoning_content": "because"}
+    assert history[1]["reasoning"] == "because"  # the client's request is not mutated
+
+
+class _Replies:
+    """A tiny OpenAI-compatible server that answers with fixed bytes, like DeepSeek or Groq."""
+
+    def __init__(self, body: bytes, content_type: str) -> None:
+        self.body, self.content_type = body, content_type
+
+    async def __aenter__(self) -> str:
+        from aiohttp import web
+
+        async def handler(request: web.Request) -> web.Response:
+            await request.read()
+            return web.Response(body=self.body, content_type=self.content_type)
+
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", handler)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        return f"http://127.0.0.1:{self.runner.addresses[0][1]}/v1"
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.runner.cleanup()
+
+
+def test_reasoning_content_replies_read_as_reasoning():
+    body = orjson.dumps({"id": "x", "object": "chat.completion", "choices": [
+        {"index": 0, "finish_reason": "stop",
+         "message": {"role": "assistant", "content": "4", "reasoning_content": "2+2"}}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2}})
+
+    async def run():
+        async with _Replies(body, "application/json") as base:
+            d, upstreams = dialect()
+            try:
+                return await d.complete(call(base))
+            finally:
+                await upstreams.close()
+
+    reply = asyncio.run(run())
+    assert reply.body["choices"][0]["message"] == {"role": "assistant", "content": "4", "reasoning": "2+2"}
+
+
+def test_groq_stream_usage_and_reasoning_content_deltas():
+    lines = [
+        {"id": "g", "choices": [{"index": 0, "delta": {"role": "assistant", "reasoning_content": "hm"}}]},
+        {"id": "g", "choices": [{"index": 0, "delta": {"content": "ok"}, "finish_reason": "stop"}],
+         "x_groq": {"id": "req", "usage": {"prompt_tokens": 9, "completion_tokens": 2}}},
+    ]
+    body = b"".join(b"data: " + orjson.dumps(x) + b"\n\n" for x in lines) + b"data: [DONE]\n\n"
+
+    async def run():
+        async with _Replies(body, "text/event-stream") as base:
+            d, upstreams = dialect()
+            try:
+                stream = await d.open_stream(call(base))
+                chunks = []
+                while (chunk := await stream.next()) is not None:
+                    chunks.append(chunk)
+                return chunks, stream.usage
+            finally:
+                await upstreams.close()
+
+    chunks, usage = asyncio.run(run())
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "reasoning": "hm"}
+    assert "x_groq" not in chunks[1]
+    assert (usage.prompt_tokens, usage.completion_tokens) == (9, 2)
+
+
+@pytest.mark.parametrize(("status", "raw", "error_type", "code"), [
+    (400, {"error": {"message": "This model's maximum context length is 8192 tokens.", "type": "invalid_request_error",
+                     "code": "context_length_exceeded"}}, "context_length_exceeded", "context_length_exceeded"),
+    # vLLM and Mistral: a flat body and no code, the limit only in the message.
+    (400, {"object": "error", "message": "maximum context length is 4096 tokens", "type": "BadRequestError",
+           "code": 400}, "context_length_exceeded", None),
+    (429, {"error": {"message": "You exceeded your current quota", "type": "insufficient_quota",
+                     "code": "insufficient_quota"}}, "payment_required", "insufficient_quota"),
+    (401, {"error": {"message": "Incorrect API key", "type": "invalid_request_error", "code": "invalid_api_key"}},
+     "authentication", "invalid_api_key"),
+    (429, {"error": {"message": "slow down", "type": "tokens", "code": "rate_limit_exceeded"}},
+     "rate_limit_exceeded", "rate_limit_exceeded"),
+    (500, {"error": {"message": "boom", "type": "server_error"}}, "provider_unavailable", None),
+    (503, "<html>overloaded</html>", "provider_overloaded", None),
+    (422, {"detail": [{"msg": "Extra inputs are not permitted"}]}, "unprocessable", None),
+])
+def test_read_fault_understands_the_family_error_bodies(status, raw, error_type, code):
+    fault = read_fault(status, raw)
+    assert (fault.error_type, fault.code) == (error_type, code)

@@ -30,6 +30,7 @@ from farebox.catalog.model import (
     Pricing,
     Provider,
 )
+from farebox.catalog.options import OptionError, check_options
 from farebox.errors import ConfigError
 from farebox.money import MoneyFormatError, parse_price
 
@@ -109,6 +110,10 @@ def _provider(source: str, slug: str, table: Any) -> Provider:
     reference = api_key.partition(":")[2].strip()
     if api_key != "none" and not (api_key.startswith(("env:", "file:")) and reference):
         r.fail("api_key", "must be 'env:NAME', 'file:/path' or 'none' (secrets never live in the catalog)")
+    try:
+        options = check_options(dialect, r.get("options", dict, {}))
+    except OptionError as e:
+        r.fail(f"options.{e.name}", e.message)
     return Provider(
         slug=slug,
         name=r.get("name", str, required=True),
@@ -117,7 +122,7 @@ def _provider(source: str, slug: str, table: Any) -> Provider:
         api_key=api_key,
         trains_on_prompts=r.get("trains_on_prompts", bool, required=True),
         retains_prompts=r.get("retains_prompts", bool, required=True),
-        options=dict(r.get("options", dict, {})),
+        options=options,
     )
 
 

@@ -26,19 +26,33 @@ class OpenAIDialect:
 
     def request(self, call: Call, stream: bool) -> tuple[str, bytes, dict[str, str]]:
         provider = call.endpoint.provider
+        options = provider.options
         body = {k: v for k, v in call.body.items() if k not in GATEWAY_FIELDS}
         body["model"] = call.endpoint.upstream_model
+        if "messages" in body:
+            body["messages"] = _messages(body["messages"], options)
         reasoning = call.body.get("reasoning")
-        if isinstance(reasoning, dict) and "effort" in reasoning and "reasoning_effort" not in body:
+        if (options.get("reasoning_effort", True) and isinstance(reasoning, dict) and "effort" in reasoning
+                and "reasoning_effort" not in body):
             body["reasoning_effort"] = reasoning["effort"]
-        if call.user_tag is not None:
+        _rename_max_tokens(body, options.get("max_tokens_field", "as_sent"))
+        if options.get("seed_field", "seed") != "seed" and "seed" in body:
+            body[options["seed_field"]] = body.pop("seed")
+        if call.user_tag is not None and options.get("send_user", True):
             body["user"] = call.user_tag
+        else:
+            body.pop("user", None)
         if stream:
             body["stream"] = True
-            body["stream_options"] = {"include_usage": True}
+            if options.get("stream_usage", "stream_options") == "stream_options":
+                body["stream_options"] = {"include_usage": True}
+            else:
+                body.pop("stream_options", None)
         else:
             body.pop("stream", None)
             body.pop("stream_options", None)
+        for name in options.get("drop_fields", ()):
+            body.pop(name, None)
         headers = {"Content-Type": "application/json"}
         if call.credential:
             headers["Authorization"] = f"Bearer {call.credential}"
@@ -53,6 +67,8 @@ class OpenAIDialect:
         if not isinstance(choices, list) or not choices or not all(
                 isinstance(c, dict) and isinstance(c.get("message"), dict) for c in choices):
             raise invalid_response(provider, orjson.dumps(data))
+        for choice in choices:
+            _reasoning_field(choice["message"])
         upstream_id = data.get("id")
         return Reply(body=data, usage=usage_from_openai(data.get("usage")),
                      upstream_id=upstream_id if isinstance(upstream_id, str) else None)
@@ -107,6 +123,16 @@ class OpenAIStream:
                 usage = usage_from_openai(chunk.pop("usage"))
                 if usage is not None:
                     self.usage = usage
+            x_groq = chunk.get("x_groq")
+            if x_groq is not None:  # Groq reports stream usage in its own envelope
+                chunk.pop("x_groq")
+                usage = usage_from_openai(x_groq.get("usage")) if isinstance(x_groq, dict) else None
+                if usage is not None:
+                    self.usage = usage
+            for choice in chunk.get("choices") or ():
+                delta = choice.get("delta") if isinstance(choice, dict) else None
+                if delta and "reasoning_content" in delta:
+                    _reasoning_field(delta)
             return chunk
         return None
 
@@ -114,6 +140,48 @@ class OpenAIStream:
         if not self._done:
             self._done = True
             self.response.close()
+
+
+_REASONING_KEYS = ("reasoning", "reasoning_content", "reasoning_details")
+
+
+def _messages(messages: Any, options: dict[str, Any]) -> Any:
+    """Assistant messages may carry reasoning from an earlier turn (OpenRouter's
+    `reasoning`/`reasoning_details`). Most OpenAI-dialect servers reject or ignore it, so it
+    is removed, or sent under the one field the server reads when it asks for it."""
+    if not isinstance(messages, list):
+        return messages
+    keep = options.get("reasoning_in_messages", False)
+    field = options.get("reasoning_field", "reasoning")
+    out = []
+    for message in messages:
+        if isinstance(message, dict) and any(k in message for k in _REASONING_KEYS):
+            message = dict(message)
+            text = message.pop("reasoning", None) or message.pop("reasoning_content", None)
+            message.pop("reasoning_content", None)
+            message.pop("reasoning_details", None)
+            if keep and isinstance(text, str) and text:
+                message[field] = text
+        out.append(message)
+    return out
+
+
+def _reasoning_field(message: dict[str, Any]) -> None:
+    """DeepSeek, vLLM, xAI and llama.cpp name reasoning text `reasoning_content`;
+    OpenRouter's clients read `reasoning`."""
+    if "reasoning_content" in message:
+        text = message.pop("reasoning_content")
+        if not message.get("reasoning"):
+            message["reasoning"] = text
+
+
+def _rename_max_tokens(body: dict[str, Any], field: str) -> None:
+    if field == "as_sent":
+        return
+    other = "max_tokens" if field == "max_completion_tokens" else "max_completion_tokens"
+    if other in body:
+        value = body.pop(other)
+        body.setdefault(field, value)
 
 
 # OpenAI's error `code`s and `type`s, and those of the servers that copy its format
