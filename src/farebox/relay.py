@@ -14,7 +14,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from farebox.catalog.model import Catalog, Endpoint
 from farebox.clock import Clock
-from farebox.errors import FareboxError, Forbidden, InsufficientCredits, UpstreamTimeout
+from farebox.errors import BadRequest, FareboxError, Forbidden, InsufficientCredits, UpstreamTimeout
 from farebox.ledger.book import Hold, Settlement, Shortfall
 from farebox.ledger.entries import wallet
 from farebox.ledger.ledger import Ledger
@@ -54,6 +54,7 @@ class ChatRequest:
     http_referer: str | None = None
     title: str | None = None
     user_agent: str | None = None
+    api: str = "chat"         # providers.base.APIS: chat, completion (legacy) or embedding
 
 
 class Sink(Protocol):
@@ -112,12 +113,24 @@ _SUBSTANCE = ("content", "reasoning", "reasoning_content", "tool_calls", "refusa
 def _substantive(choices: list[dict[str, Any]]) -> bool:
     """Does a chunk carry anything but an empty role announcement?"""
     for choice in choices:
-        if choice.get("finish_reason"):
+        if choice.get("finish_reason") or choice.get("text"):  # text: legacy completions
             return True
         delta = choice.get("delta")
         if delta and any(delta.get(k) for k in _SUBSTANCE):
             return True
     return False
+
+
+_API_NAMES = {"chat": "chat completions", "completion": "legacy completions", "embedding": "embeddings"}
+_OBJECTS = {"chat": "chat.completion", "completion": "text_completion"}
+_CHUNK_OBJECTS = {"chat": "chat.completion.chunk", "completion": "text_completion"}
+
+
+def _choice_text(choice: dict[str, Any]) -> str:
+    """The visible text of one choice of a chat or legacy completion reply."""
+    message = choice.get("message")
+    text = message.get("content") if isinstance(message, dict) else choice.get("text")
+    return text if isinstance(text, str) else ""
 
 
 def _native_finish(choice: dict[str, Any]) -> str | None:
@@ -135,22 +148,35 @@ class Relay:
         self.settings, self.clock = settings, clock
 
     # -- planning and holds ----------------------------------------------------------
-    def routable(self, endpoint: Endpoint) -> str | None:
+    def routable(self, endpoint: Endpoint, api: str = "chat") -> str | None:
         provider = endpoint.provider
-        if provider.dialect not in self.dialects:
+        dialect = self.dialects.get(provider.dialect)
+        if dialect is None:
             return f"the {provider.dialect} dialect is not available yet"
+        if api != "chat" and api not in getattr(dialect, "apis", ()):
+            return f"its {provider.dialect} API has no {_API_NAMES[api]}"
         if self.catalog.credential(provider) is None:
             return f"no API key configured ({provider.api_key})"
         return None
 
     def plan(self, req: ChatRequest) -> list[Endpoint]:
-        return plan(self.catalog, req.models, max_tokens=req.max_tokens, routable=self.routable,
-                    attempts_max=self.settings.attempts_max)
+        for model_id in req.models:
+            model = self.catalog.model(model_id)
+            if model is not None and ("embeddings" in model.output_modalities) != (req.api == "embedding"):
+                raise BadRequest(f"{model_id} is an embedding model: use POST /api/v1/embeddings"
+                                 if req.api != "embedding" else
+                                 f"{model_id} is not an embedding model", field="model")
+        return plan(self.catalog, req.models, max_tokens=req.max_tokens,
+                    routable=lambda endpoint: self.routable(endpoint, req.api), attempts_max=self.settings.attempts_max)
 
     def _bound(self, req: ChatRequest, endpoint: Endpoint) -> tuple[int, int]:
         s = self.settings
         prompt = req.prompt.bound(s.hold_request_tokens, s.hold_message_tokens, s.hold_image_tokens)
-        output = req.max_tokens or endpoint.max_completion_tokens
+        if req.api == "embedding":
+            return prompt, 0
+        # Each of n choices may produce the whole cap, and the provider bills them all.
+        choices = req.body.get("n") or 1
+        output = (req.max_tokens or endpoint.max_completion_tokens) * choices
         return prompt, output
 
     def _hold(self, req: ChatRequest, hold: Hold | None, endpoint: Endpoint) -> Hold:
@@ -205,7 +231,7 @@ class Relay:
                 shortfall = shortfall or (s, endpoint)
                 continue
             started = self.clock.monotonic()
-            call = Call(endpoint, req.body, self.catalog.credential(endpoint.provider) or "", user_tag)
+            call = Call(endpoint, req.body, self.catalog.credential(endpoint.provider) or "", user_tag, req.api)
             try:
                 result, upstream_id = await attempt(call)
             except ClientGone:
@@ -240,7 +266,7 @@ class Relay:
     async def _complete_reply(self, req: ChatRequest, hold: Hold, endpoint: Endpoint, body: dict[str, Any],
                               usage: Usage | None, upstream_id: str | None,
                               attempts: list[dict[str, Any]]) -> dict[str, Any]:
-        choices = body["choices"]
+        choices = body.get("choices") or ()  # embeddings have none
         native = None
         for choice in choices:
             native_c = _native_finish(choice)
@@ -248,8 +274,7 @@ class Relay:
             choice["finish_reason"] = normalize_finish(choice.get("finish_reason"))
             native = native if native is not None else native_c
         if usage is None:
-            text = "".join(c["message"].get("content") or "" for c in choices
-                           if isinstance(c["message"].get("content"), str))
+            text = "".join(_choice_text(c) for c in choices)
             usage = Usage(prompt_tokens=req.prompt.estimate(), completion_tokens=estimate_text_tokens(text),
                           estimated=True)
         usage.images = req.prompt.images
@@ -259,9 +284,10 @@ class Relay:
         body["id"] = req.gen_id
         body["provider"] = endpoint.provider.name
         body["model"] = endpoint.model_id
-        body["object"] = "chat.completion"
-        body["created"] = req.created
-        body["usage"] = usage_wire(usage, cost, settlement)
+        if req.api != "embedding":
+            body["object"] = _OBJECTS[req.api]
+            body["created"] = req.created
+        body["usage"] = usage_wire(usage, cost, settlement, req.api)
         return body
 
     # -- streaming -----------------------------------------------------------------
@@ -365,8 +391,8 @@ class Relay:
                             native = native_c
                             choice["finish_reason"] = normalize_finish(reason)
                         delta = choice.get("delta")
-                        if delta and (delta.get("content") or delta.get("reasoning") or delta.get("tool_calls")
-                                      or delta.get("reasoning_content")):
+                        if (delta and (delta.get("content") or delta.get("reasoning") or delta.get("tool_calls")
+                                       or delta.get("reasoning_content"))) or choice.get("text"):
                             tokens += 1
                     await sink.chunk(chunk)
                 chunk = next(pending, None)
@@ -399,7 +425,7 @@ class Relay:
             await sink.fail(self._error_chunk(req, endpoint, error))
             return
         await sink.finish({"id": req.gen_id, "provider": provider_name, "model": endpoint.model_id,
-                           "object": "chat.completion.chunk", "created": req.created, "choices": [],
+                           "object": _CHUNK_OBJECTS[req.api], "created": req.created, "choices": [],
                            "usage": usage_wire(usage, cost, settlement)})
 
     def _error_chunk(self, req: ChatRequest, endpoint: Endpoint | None, error: FareboxError) -> dict[str, Any]:
@@ -415,7 +441,9 @@ class Relay:
     # -- settlement ----------------------------------------------------------------
     async def _settle(self, req: ChatRequest, hold: Hold, outcome: Outcome) -> tuple[Cost, Settlement]:
         endpoint = outcome.endpoint
-        cost = FREE if is_insured(outcome.usage, outcome.finish) else cost_of(endpoint.pricing, outcome.usage)
+        # Zero-completion insurance is for generations; an embedding never has completion tokens.
+        insured = req.api != "embedding" and is_insured(outcome.usage, outcome.finish)
+        cost = FREE if insured else cost_of(endpoint.pricing, outcome.usage)
         hold_amount = hold.amount
         settlement = self.ledger.book.settle(
             hold, cost.total, reference=f"charge:{req.gen_id}", created_at=self.clock.now_ms(),
@@ -452,7 +480,11 @@ class Relay:
         }
 
 
-def usage_wire(usage: Usage, cost: Cost, settlement: Settlement) -> dict[str, Any]:
+def usage_wire(usage: Usage, cost: Cost, settlement: Settlement, api: str = "chat") -> dict[str, Any]:
+    if api == "embedding":
+        return {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.prompt_tokens,
+                "cost": usd_json(settlement.charged), "is_byok": False,
+                "cost_details": {"upstream_inference_cost": usd_json(cost.total)}}
     return {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,

@@ -67,6 +67,12 @@ async def handle(gw: Gateway, req: Request) -> Response | None:
     if not chat.stream:
         body = await gw.relay.complete(chat)
         return Response(200, orjson.dumps(body), JSON_HEADERS + [(b"x-generation-id", chat.gen_id.encode())])
+    await stream_to_client(gw, req, chat)
+    return None
+
+
+async def stream_to_client(gw: Gateway, req: Request, chat: ChatRequest) -> None:
+    """Relay a streamed request as server-sent events, watching for the client leaving."""
     sink = SseSink(req.send, chat.gen_id)
     watcher = asyncio.get_running_loop().create_task(_watch(req.receive, sink))
     try:
@@ -83,7 +89,6 @@ async def handle(gw: Gateway, req: Request) -> Response | None:
     finally:
         watcher.cancel()
         await sink.close()
-    return None
 
 
 def _internal_chunk(chat: ChatRequest, error: FareboxError) -> dict[str, Any]:

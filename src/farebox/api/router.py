@@ -8,7 +8,7 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from farebox.api import account, admin, chat
+from farebox.api import account, admin, chat, completions
 from farebox.api.catalog import ModelList
 from farebox.api.http import Request, Response, error_response, json_response, send_response
 from farebox.errors import FareboxError, InternalError, NotFound
@@ -31,6 +31,8 @@ class Api:
         v1 = "/api/v1"
         self.exact: dict[tuple[str, str], Handler] = {
             ("POST", f"{v1}/chat/completions"): chat.handle,
+            ("POST", f"{v1}/completions"): completions.completions,
+            ("POST", f"{v1}/embeddings"): completions.embeddings,
             ("GET", f"{v1}/models"): models.list,
             ("GET", f"{v1}/generation"): account.generation,
             ("GET", f"{v1}/key"): account.key,

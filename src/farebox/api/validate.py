@@ -48,6 +48,63 @@ def _is_number(value: Any) -> bool:
 
 
 def validate_chat(body: dict[str, Any]) -> None:
+    _validate_fields(body)
+    _validate_models(body)
+    _validate_messages(body.get("messages"))
+
+
+def validate_completion(body: dict[str, Any]) -> None:
+    """The legacy text completions API: the chat fields that apply, and one prompt."""
+    _validate_fields(body)
+    _validate_models(body)
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
+        prompt = prompt[0]  # a batch of one is one prompt
+    if isinstance(prompt, str) or _is_tokens(prompt):
+        body["prompt"] = prompt
+    elif isinstance(prompt, list):
+        raise _fail("prompt", "send one prompt per request (batches of prompts are not supported)")
+    else:
+        raise _fail("prompt", "expected a string or an array of token ids")
+    if body.get("n") not in (None, 1) or body.get("best_of") not in (None, 1):
+        raise _fail("n", "n and best_of must be 1 for legacy completions")
+
+
+ENCODING_FORMATS = ("float", "base64")
+EMBEDDING_INPUTS_MAX = 2048  # OpenAI's limit on inputs per request
+
+
+def validate_embedding(body: dict[str, Any]) -> None:
+    _validate_models(body)
+    for name, kinds in (("user", (str,)), ("provider", (dict,)), ("input_type", (str,))):
+        if body.get(name) is not None and not isinstance(body[name], kinds):
+            raise _fail(name, f"expected {_TYPE_NAMES[kinds[0]]}, got {type(body[name]).__name__}")
+    dimensions = body.get("dimensions")
+    if dimensions is not None and (not isinstance(dimensions, int) or isinstance(dimensions, bool) or dimensions < 1):
+        raise _fail("dimensions", f"expected a positive integer, got {dimensions!r}")
+    if body.get("encoding_format") not in (None, *ENCODING_FORMATS):
+        raise _fail("encoding_format", f"must be one of {', '.join(ENCODING_FORMATS)}")
+    inputs = body.get("input")
+    if isinstance(inputs, str) or _is_tokens(inputs):
+        inputs = [inputs]
+    if not isinstance(inputs, list) or not inputs:
+        raise _fail("input", "expected a string, an array of strings or an array of token arrays")
+    if len(inputs) > EMBEDDING_INPUTS_MAX:
+        raise _fail("input", f"at most {EMBEDDING_INPUTS_MAX} inputs per request, got {len(inputs)}")
+    for i, item in enumerate(inputs):
+        if isinstance(item, str):
+            if not item:
+                raise _fail(f"input[{i}]", "must not be empty")
+        elif not _is_tokens(item):
+            raise _fail(f"input[{i}]", "expected a string or an array of token ids")
+
+
+def _is_tokens(value: Any) -> bool:
+    return (isinstance(value, list) and bool(value)
+            and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in value))
+
+
+def _validate_fields(body: dict[str, Any]) -> None:
     for name, (kind, low, high) in RANGES.items():
         if name not in body or body[name] is None:
             continue
@@ -78,8 +135,6 @@ def validate_chat(body: dict[str, Any]) -> None:
     for i, tool in enumerate(body.get("tools") or ()):
         if not isinstance(tool, dict):
             raise _fail(f"tools[{i}]", "expected an object")
-    _validate_models(body)
-    _validate_messages(body.get("messages"))
 
 
 def _validate_models(body: dict[str, Any]) -> None:

@@ -155,6 +155,9 @@ def _model(source: str, index: int, table: Any, providers: dict[str, Provider]) 
     if not _MODEL_ID.match(model_id):
         r.fail("id", f"{model_id!r} is not of the form author/slug[:variant]")
     context = r.positive("context_length")
+    output_modalities = r.strings("output_modalities", MODALITIES, ["text"])
+    # An embedding model produces no tokens: its endpoints need no output cap.
+    embeds = "embeddings" in output_modalities
     raw_endpoints = r.get("endpoints", list, required=True)
     if not raw_endpoints:
         r.fail("endpoints", "a model needs at least one endpoint")
@@ -164,7 +167,7 @@ def _model(source: str, index: int, table: Any, providers: dict[str, Provider]) 
         slug = er.get("provider", str, required=True)
         if slug not in providers:
             er.fail("provider", f"unknown provider {slug!r}")
-        max_out = er.positive("max_completion_tokens")
+        max_out = er.positive("max_completion_tokens", 1 if embeds else ...)
         ep_context = er.positive("context_length", context)
         if ep_context > context:
             er.fail("context_length", f"{ep_context} exceeds the model's context length {context}")
@@ -193,7 +196,7 @@ def _model(source: str, index: int, table: Any, providers: dict[str, Provider]) 
         created=r.get("created", int, 0),
         context_length=context,
         input_modalities=r.strings("input_modalities", MODALITIES, ["text"]),
-        output_modalities=r.strings("output_modalities", MODALITIES, ["text"]),
+        output_modalities=output_modalities,
         tokenizer=r.get("tokenizer", str, "Other"),
         instruct_type=r.get("instruct_type", str, None),
         hugging_face_id=r.get("hugging_face_id", str, ""),

@@ -71,6 +71,15 @@ def measure_prompt(body: dict[str, Any]) -> PromptSize:
     return PromptSize(text_bytes=text, messages=len(messages), images=images)
 
 
+def measure_inputs(inputs: list[Any]) -> PromptSize:
+    """The size of raw prompts (legacy completions, embeddings): strings are measured in
+    bytes; a token array is exactly its length in tokens, which the bytes bound covers."""
+    text = 0
+    for item in inputs:
+        text += len(item.encode()) if isinstance(item, str) else len(item)
+    return PromptSize(text_bytes=text, messages=len(inputs), images=0)
+
+
 def max_cost(pricing: Pricing, prompt_tokens: int, images: int, output_tokens: int) -> int:
     """The most a request can cost on an endpoint: every prompt token at the dearest input
     price and every output token at the dearest output price."""

@@ -34,12 +34,18 @@ def normalize_finish(native: str | None) -> str | None:
     return FINISH_REASONS.get(native, "stop")
 
 
+# The OpenAI APIs a request can be for. Chat is the neutral form every dialect speaks;
+# the legacy text completions and embeddings exist only where the upstream serves them.
+APIS = ("chat", "completion", "embedding")
+
+
 @dataclass(slots=True)
 class Call:
     endpoint: Endpoint
     body: dict[str, Any]       # the neutral (OpenAI-shaped) request
     credential: str            # "" when the provider needs none
     user_tag: str | None       # stable, hashed end-user id for the provider's abuse checks
+    api: str = "chat"          # one of APIS
 
 
 @dataclass(slots=True)
@@ -70,7 +76,8 @@ class Dialect(Protocol):
     `open_stream` yields OpenAI chat.completion.chunk dicts, whatever the provider speaks.
     A dialect that translates sets each choice's `finish_reason` to the normalized value
     (stop|length|tool_calls|content_filter|error) and `native_finish_reason` to the
-    provider's own; errors are raised as ProviderError via `faults.provider_error`."""
+    provider's own; errors are raised as ProviderError via `faults.provider_error`.
+    A dialect that serves more than chat lists them in `apis` (see APIS)."""
 
     async def complete(self, call: Call) -> Reply: ...
 

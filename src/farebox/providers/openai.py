@@ -15,12 +15,16 @@ import orjson
 from farebox.catalog.model import Provider
 from farebox.errors import ProviderError
 from farebox.ledger.pricing import Usage
-from farebox.providers.base import GATEWAY_FIELDS, Call, Reply, usage_from_openai
+from farebox.providers.base import APIS, GATEWAY_FIELDS, Call, Reply, usage_from_openai
 from farebox.providers.faults import Fault, by_status, provider_error
 from farebox.providers.http import Upstreams, invalid_response, read_json, read_line
 
+_PATHS = {"chat": "/chat/completions", "completion": "/completions", "embedding": "/embeddings"}
+
 
 class OpenAIDialect:
+    apis = frozenset(APIS)
+
     def __init__(self, upstreams: Upstreams) -> None:
         self.upstreams = upstreams
 
@@ -32,10 +36,11 @@ class OpenAIDialect:
         if "messages" in body:
             body["messages"] = _messages(body["messages"], options)
         reasoning = call.body.get("reasoning")
-        if (options.get("reasoning_effort", True) and isinstance(reasoning, dict) and "effort" in reasoning
+        if (call.api == "chat" and options.get("reasoning_effort", True) and isinstance(reasoning, dict) and "effort" in reasoning
                 and "reasoning_effort" not in body):
             body["reasoning_effort"] = reasoning["effort"]
-        _rename_max_tokens(body, options.get("max_tokens_field", "as_sent"))
+        if call.api == "chat":  # the legacy completions API only ever knew max_tokens
+            _rename_max_tokens(body, options.get("max_tokens_field", "as_sent"))
         if options.get("seed_field", "seed") != "seed" and "seed" in body:
             body[options["seed_field"]] = body.pop("seed")
         if call.user_tag is not None and options.get("send_user", True):
@@ -56,22 +61,21 @@ class OpenAIDialect:
         headers = {"Content-Type": "application/json"}
         if call.credential:
             headers["Authorization"] = f"Bearer {call.credential}"
-        return f"{provider.base_url}/chat/completions", orjson.dumps(body), headers
+        return provider.base_url + _PATHS[call.api], orjson.dumps(body), headers
 
     async def complete(self, call: Call) -> Reply:
         provider = call.endpoint.provider
         url, body, headers = self.request(call, stream=False)
         response = await self.upstreams.post(provider, url, body, headers, read_fault)
         data = await read_json(provider, response)
-        choices = data.get("choices") if isinstance(data, dict) else None
-        if not isinstance(choices, list) or not choices or not all(
-                isinstance(c, dict) and isinstance(c.get("message"), dict) for c in choices):
+        if not _valid_reply(call.api, data):
             raise invalid_response(provider, orjson.dumps(data))
-        for choice in choices:
-            _reasoning_field(choice["message"])
+        if call.api == "chat":
+            for choice in data["choices"]:
+                _reasoning_field(choice["message"])
         upstream_id = data.get("id")
-        return Reply(body=data, usage=usage_from_openai(data.get("usage")),
-                     upstream_id=upstream_id if isinstance(upstream_id, str) else None)
+        usage = _embedding_usage(data.get("usage")) if call.api == "embedding" else usage_from_openai(data.get("usage"))
+        return Reply(body=data, usage=usage, upstream_id=upstream_id if isinstance(upstream_id, str) else None)
 
     async def open_stream(self, call: Call) -> OpenAIStream:
         provider = call.endpoint.provider
@@ -140,6 +144,27 @@ class OpenAIStream:
         if not self._done:
             self._done = True
             self.response.close()
+
+
+def _valid_reply(api: str, data: Any) -> bool:
+    if not isinstance(data, dict):
+        return False
+    if api == "embedding":
+        items = data.get("data")
+        return isinstance(items, list) and bool(items) and all(
+            isinstance(d, dict) and isinstance(d.get("embedding"), list | str) for d in items)
+    choices = data.get("choices")
+    part, kind = ("message", dict) if api == "chat" else ("text", str)
+    return isinstance(choices, list) and bool(choices) and all(
+        isinstance(c, dict) and isinstance(c.get(part), kind) for c in choices)
+
+
+def _embedding_usage(raw: Any) -> Usage | None:
+    """Embeddings report prompt tokens only."""
+    prompt = raw.get("prompt_tokens") if isinstance(raw, dict) else None
+    if not isinstance(prompt, int) or isinstance(prompt, bool) or prompt < 0:
+        return None
+    return Usage(prompt_tokens=prompt)
 
 
 _REASONING_KEYS = ("reasoning", "reasoning_content", "reasoning_details")
