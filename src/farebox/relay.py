@@ -267,18 +267,19 @@ class Relay:
                               usage: Usage | None, upstream_id: str | None,
                               attempts: list[dict[str, Any]]) -> dict[str, Any]:
         choices = body.get("choices") or ()  # embeddings have none
-        native = None
+        native = finish = None
         for choice in choices:
             native_c = _native_finish(choice)
             choice["native_finish_reason"] = native_c
             choice["finish_reason"] = normalize_finish(choice.get("finish_reason"))
-            native = native if native is not None else native_c
+            if native is None:
+                native, finish = native_c, choice["finish_reason"]
         if usage is None:
             text = "".join(_choice_text(c) for c in choices)
             usage = Usage(prompt_tokens=req.prompt.estimate(), completion_tokens=estimate_text_tokens(text),
                           estimated=True)
         usage.images = req.prompt.images
-        outcome = Outcome(endpoint, usage, native, normalize_finish(native), upstream_id,
+        outcome = Outcome(endpoint, usage, native, finish, upstream_id,
                           self.clock.monotonic(), attempts=attempts)
         cost, settlement = await self._settle(req, hold, outcome)
         body["id"] = req.gen_id
@@ -370,6 +371,7 @@ class Relay:
         provider_name = endpoint.provider.name
         tokens = 0
         native: str | None = None
+        finish: str | None = None
         error: FareboxError | None = None
         first_token_at = self.clock.monotonic()
         pending = iter(held)
@@ -389,7 +391,7 @@ class Relay:
                         choice["native_finish_reason"] = native_c
                         if reason:
                             native = native_c
-                            choice["finish_reason"] = normalize_finish(reason)
+                            finish = choice["finish_reason"] = normalize_finish(reason)
                         delta = choice.get("delta")
                         if (delta and (delta.get("content") or delta.get("reasoning") or delta.get("tool_calls")
                                        or delta.get("reasoning_content"))) or choice.get("text"):
@@ -410,7 +412,8 @@ class Relay:
             # The upstream's own count when it sent one, else what reached the client.
             usage = usage or Usage(prompt_tokens=req.prompt.estimate(), completion_tokens=tokens, estimated=True)
         usage.images = req.prompt.images
-        finish = "error" if error is not None else normalize_finish(native)
+        if error is not None:
+            finish = "error"
         outcome = Outcome(endpoint, usage, native, finish, upstream.upstream_id, first_token_at,
                           cancelled=cancelled, attempts=attempts)
         try:
@@ -476,7 +479,7 @@ class Relay:
             "provider_responses": o.attempts, "http_referer": req.http_referer, "app_title": req.title,
             "user_agent": req.user_agent, "external_user": body.get("user") if isinstance(body.get("user"), str) else None,
             "session_id": body.get("session_id") if isinstance(body.get("session_id"), str) else None,
-            "requested_model": req.models[0],
+            "requested_model": req.models[0], "api_type": "embeddings" if req.api == "embedding" else "completions",
         }
 
 

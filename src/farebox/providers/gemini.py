@@ -1,0 +1,683 @@
+"""The Google Gemini dialect: `models/{model}:generateContent` and its SSE twin
+`:streamGenerateContent?alt=sse`, translated to and from the neutral OpenAI shapes.
+
+Requests: system and developer messages become `systemInstruction`; user, assistant and
+tool turns become `contents` with roles user/model (consecutive turns of one role merged,
+so parallel tool results answer their calls in one turn); OpenAI sampling fields become
+`generationConfig`; OpenRouter's `reasoning` becomes `thinkingConfig`. Nothing else passes
+through: Gemini rejects fields it does not know.
+
+Replies: text parts are the content, `thought: true` parts the reasoning, `functionCall`
+parts the tool calls. Gemini 3 refuses a conversation whose earlier function calls come
+back without their `thoughtSignature`, so a reply carries each call's signature in
+`reasoning_details` as `{type: "reasoning.encrypted", data, id: <tool call id>,
+format: "google-gemini-v1"}` (what OpenRouter does), and a request reads an assistant
+message's `reasoning_details` back onto the calls with those ids.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import orjson
+
+from farebox.catalog.model import Provider
+from farebox.clock import Clock
+from farebox.errors import BadRequest, ProviderError
+from farebox.ids import Ids
+from farebox.ledger.pricing import Usage
+from farebox.providers.base import Call, Reply
+from farebox.providers.faults import Fault, by_status, provider_error
+from farebox.providers.http import Upstreams, invalid_response, read_json, read_line
+
+SIGNATURE_FORMAT = "google-gemini-v1"  # reasoning_details `format` of the signatures we hand out
+_IDS = Ids()
+
+# OpenRouter effort -> Gemini 3 thinkingLevel. Gemini 3 Pro accepts only "low" and "high"
+# (Flash adds minimal and medium), so these two are the levels every Gemini 3 model takes.
+# Gemini 2.5 models take no level at all: callers reach them with `reasoning.max_tokens`.
+_LEVELS = {"minimal": "low", "low": "low", "medium": "high", "high": "high", "xhigh": "high", "max": "high"}
+_TOOL_MODES = {"auto": "AUTO", "required": "ANY", "none": "NONE"}
+# Gemini needs a MIME type for a URL it fetches; guessed from the extension.
+_MIME_BY_EXTENSION = {
+    ".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
+    ".heic": "image/heic", ".heif": "image/heif", ".gif": "image/gif", ".pdf": "application/pdf",
+    ".mp4": "video/mp4", ".mov": "video/mov", ".webm": "video/webm", ".mp3": "audio/mp3", ".wav": "audio/wav",
+}
+
+_FINISHES = {
+    "STOP": "stop",
+    "MAX_TOKENS": "length",
+    # Stopped at the per-request token limit with more to say: a truncation.
+    "CONTINUATION": "length",
+    "SAFETY": "content_filter", "RECITATION": "content_filter", "BLOCKLIST": "content_filter",
+    "PROHIBITED_CONTENT": "content_filter", "SPII": "content_filter", "IMAGE_SAFETY": "content_filter",
+    "IMAGE_PROHIBITED_CONTENT": "content_filter", "IMAGE_RECITATION": "content_filter",
+    "LANGUAGE": "content_filter",
+    # The model produced something unusable: nothing the client can act on.
+    "MALFORMED_FUNCTION_CALL": "error", "UNEXPECTED_TOOL_CALL": "error", "TOO_MANY_TOOL_CALLS": "error",
+    "MISSING_THOUGHT_SIGNATURE": "error", "MALFORMED_RESPONSE": "error",
+}
+
+
+# -- request ---------------------------------------------------------------------------
+def to_gemini(body: dict[str, Any], user_tag: str | None) -> dict[str, Any]:
+    """The generateContent request body for a neutral (OpenAI-shaped) request.
+
+    `user_tag` is not sent: the Gemini API has no end-user field (Vertex's `labels` is not
+    part of it, and unknown fields are rejected). Raises BadRequest for what Gemini cannot
+    express (unknown content parts, non-function tools, tool results for unknown calls)."""
+    system, contents = _contents(body.get("messages") or ())
+    request: dict[str, Any] = {"contents": contents}
+    if system:
+        request["systemInstruction"] = {"parts": system}
+    declarations = _function_declarations(body.get("tools") or ())
+    if declarations:
+        request["tools"] = [{"functionDeclarations": declarations}]
+        if body.get("tool_choice") is not None:
+            request["toolConfig"] = {"functionCallingConfig": _calling_config(body["tool_choice"])}
+    config = _generation_config(body)
+    if config:
+        request["generationConfig"] = config
+    return request
+
+
+def _contents(messages: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    system: list[dict[str, Any]] = []
+    contents: list[dict[str, Any]] = []
+    tool_names: dict[str, str] = {}  # tool call id -> function name, from earlier assistant turns
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        role = message.get("role")
+        if role in ("system", "developer"):
+            system.extend(_text_parts(message.get("content"), where))
+            continue
+        if role == "user":
+            turn, parts = "user", _user_parts(message.get("content"), where)
+        elif role == "assistant":
+            turn, parts = "model", _assistant_parts(message, where, tool_names)
+        elif role == "tool":
+            # Gemini takes function results as a user turn; parallel results merge into one.
+            turn, parts = "user", [_function_response(message, where, tool_names)]
+        else:
+            raise BadRequest(f"{where}.role: Gemini cannot take a {role!r} message", field=f"{where}.role")
+        if not parts:
+            continue  # Gemini rejects a turn without parts
+        if contents and contents[-1]["role"] == turn:
+            contents[-1]["parts"].extend(parts)
+        else:
+            contents.append({"role": turn, "parts": parts})
+    return system, contents
+
+
+def _text_parts(content: Any, where: str) -> list[dict[str, Any]]:
+    """Content that may only be text (system, assistant)."""
+    if content is None or content == "":
+        return []
+    if isinstance(content, str):
+        return [{"text": content}]
+    parts = []
+    for j, part in enumerate(content):
+        if part.get("type") != "text":
+            path = f"{where}.content[{j}]"
+            raise BadRequest(f"{path}: only text parts are allowed here, got {part.get('type')!r}",
+                             field=f"{path}.type")
+        if part.get("text"):
+            parts.append({"text": part["text"]})
+    return parts
+
+
+def _user_parts(content: Any, where: str) -> list[dict[str, Any]]:
+    if content is None or content == "":
+        return []
+    if isinstance(content, str):
+        return [{"text": content}]
+    parts = (_user_part(part, f"{where}.content[{j}]") for j, part in enumerate(content))
+    return [part for part in parts if part is not None]
+
+
+def _user_part(part: dict[str, Any], path: str) -> dict[str, Any] | None:
+    kind = part.get("type")
+    if kind == "text":
+        return {"text": part["text"]} if part.get("text") else None
+    if kind == "image_url":
+        return _media(_url(part.get("image_url")), "image/jpeg", f"{path}.image_url.url")
+    if kind == "video_url":
+        return _media(_url(part.get("video_url")), "video/mp4", f"{path}.video_url.url")
+    if kind == "input_audio":
+        audio = part.get("input_audio")
+        data = audio.get("data") if isinstance(audio, dict) else None
+        fmt = audio.get("format") if isinstance(audio, dict) else None
+        if not isinstance(data, str) or not isinstance(fmt, str) or not data or not fmt:
+            raise BadRequest(f"{path}.input_audio: expected base64 `data` and a `format`", field=f"{path}.input_audio")
+        return {"inlineData": {"mimeType": f"audio/{fmt}", "data": data}}
+    if kind == "file":
+        file = part.get("file")
+        data = file.get("file_data") if isinstance(file, dict) else None
+        if not isinstance(data, str) or not data:
+            raise BadRequest(f"{path}.file.file_data: Gemini needs the file's data: URL or http(s) URL",
+                             field=f"{path}.file.file_data")
+        filename = file.get("filename")
+        default = _mime_from_path(filename, "application/pdf") if isinstance(filename, str) else "application/pdf"
+        return _media(data, default, f"{path}.file.file_data")
+    raise BadRequest(f"{path}: Gemini cannot take a {kind!r} content part", field=f"{path}.type")
+
+
+def _url(value: Any) -> str:
+    url = value.get("url") if isinstance(value, dict) else value
+    return url if isinstance(url, str) else ""
+
+
+def _media(url: str, default_mime: str, path: str) -> dict[str, Any]:
+    """A data: URL travels inline; an http(s) URL is fetched by Gemini itself."""
+    if url.startswith("data:"):
+        meta, comma, data = url[5:].partition(",")
+        fields = meta.split(";")
+        if not comma or fields[-1] != "base64" or "/" not in fields[0] or not data:
+            raise BadRequest(f"{path}: expected a base64 data: URL (data:<type>;base64,<data>)", field=path)
+        return {"inlineData": {"mimeType": fields[0], "data": data}}
+    if url.startswith(("https://", "http://")):
+        return {"fileData": {"mimeType": _mime_from_path(urlsplit(url).path, default_mime), "fileUri": url}}
+    raise BadRequest(f"{path}: expected an http(s) URL or a base64 data: URL", field=path)
+
+
+def _mime_from_path(path: str, default: str) -> str:
+    return _MIME_BY_EXTENSION.get(PurePosixPath(path).suffix.lower(), default)
+
+
+def _assistant_parts(message: dict[str, Any], where: str, tool_names: dict[str, str]) -> list[dict[str, Any]]:
+    parts = _text_parts(message.get("content"), where)
+    signatures = _signatures(message.get("reasoning_details"))
+    for k, call in enumerate(message.get("tool_calls") or ()):
+        path = f"{where}.tool_calls[{k}]"
+        function = call.get("function")
+        name = function.get("name") if isinstance(function, dict) else None
+        if not isinstance(name, str) or not name:
+            raise BadRequest(f"{path}.function.name: expected the function's name", field=f"{path}.function.name")
+        function_call: dict[str, Any] = {"name": name, "args": _arguments(function.get("arguments"), path)}
+        part: dict[str, Any] = {"functionCall": function_call}
+        call_id = call.get("id")
+        if isinstance(call_id, str) and call_id:
+            function_call["id"] = call_id
+            tool_names[call_id] = name
+            if call_id in signatures:
+                part["thoughtSignature"] = signatures[call_id]
+        parts.append(part)
+    return parts
+
+
+def _signatures(details: Any) -> dict[str, str]:
+    """Tool call id -> the thoughtSignature Gemini gave that call, from reasoning_details we
+    handed out. Other providers' encrypted reasoning means nothing to Gemini."""
+    found: dict[str, str] = {}
+    for detail in details if isinstance(details, list) else ():
+        if (isinstance(detail, dict) and detail.get("type") == "reasoning.encrypted"
+                and detail.get("format") == SIGNATURE_FORMAT
+                and isinstance(detail.get("id"), str) and isinstance(detail.get("data"), str)):
+            found[detail["id"]] = detail["data"]
+    return found
+
+
+def _arguments(arguments: Any, path: str) -> dict[str, Any]:
+    if arguments is None or arguments == "":
+        return {}
+    try:
+        args = orjson.loads(arguments) if isinstance(arguments, str) else arguments
+    except orjson.JSONDecodeError:
+        raise BadRequest(f"{path}.function.arguments: not valid JSON", field=f"{path}.function.arguments") from None
+    if not isinstance(args, dict):
+        raise BadRequest(f"{path}.function.arguments: Gemini needs a JSON object",
+                         field=f"{path}.function.arguments")
+    return args
+
+
+def _function_response(message: dict[str, Any], where: str, tool_names: dict[str, str]) -> dict[str, Any]:
+    call_id = message.get("tool_call_id")
+    name = tool_names.get(call_id) if isinstance(call_id, str) else None
+    if name is None:
+        # Gemini matches a result to its call by the function's name, which only the call has.
+        raise BadRequest(f"{where}.tool_call_id: no earlier assistant tool call has the id {call_id!r}",
+                         field=f"{where}.tool_call_id")
+    text = "".join(part["text"] for part in _text_parts(message.get("content"), where))
+    try:
+        value: Any = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        value = text
+    response = value if isinstance(value, dict) else {"result": value}
+    return {"functionResponse": {"id": call_id, "name": name, "response": response}}
+
+
+def _function_declarations(tools: Any) -> list[dict[str, Any]]:
+    declarations = []
+    for i, tool in enumerate(tools):
+        function = tool.get("function")
+        if tool.get("type") != "function" or not isinstance(function, dict):
+            raise BadRequest(f"tools[{i}]: Gemini takes only function tools, got {tool.get('type')!r}",
+                             field=f"tools[{i}].type")
+        name = function.get("name")
+        if not isinstance(name, str) or not name:
+            raise BadRequest(f"tools[{i}].function.name: expected the function's name",
+                             field=f"tools[{i}].function.name")
+        declaration: dict[str, Any] = {"name": name}
+        if isinstance(function.get("description"), str):
+            declaration["description"] = function["description"]
+        if isinstance(function.get("parameters"), dict):
+            # parametersJsonSchema takes JSON Schema as clients write it (additionalProperties,
+            # anyOf, $ref, ...); `parameters` takes an OpenAPI subset that rejects those keys,
+            # and rewriting a schema to fit it would change what the tool accepts.
+            declaration["parametersJsonSchema"] = function["parameters"]
+        declarations.append(declaration)
+    return declarations
+
+
+def _calling_config(choice: Any) -> dict[str, Any]:
+    if isinstance(choice, str) and choice in _TOOL_MODES:
+        return {"mode": _TOOL_MODES[choice]}
+    function = choice.get("function") if isinstance(choice, dict) else None
+    name = function.get("name") if isinstance(function, dict) else None
+    if isinstance(name, str) and name:
+        return {"mode": "ANY", "allowedFunctionNames": [name]}
+    raise BadRequest("tool_choice: expected none, auto, required or {\"type\": \"function\", "
+                     "\"function\": {\"name\": ...}}", field="tool_choice")
+
+
+def _generation_config(body: dict[str, Any]) -> dict[str, Any]:
+    config: dict[str, Any] = {}
+    max_tokens = body.get("max_completion_tokens")
+    if max_tokens is None:
+        max_tokens = body.get("max_tokens")
+    if max_tokens is not None:
+        config["maxOutputTokens"] = max_tokens
+    for ours, theirs in (("temperature", "temperature"), ("top_p", "topP"), ("top_k", "topK"), ("seed", "seed"),
+                         ("presence_penalty", "presencePenalty"), ("frequency_penalty", "frequencyPenalty")):
+        if body.get(ours) is not None:
+            config[theirs] = body[ours]
+    stop = body.get("stop")
+    if stop:
+        config["stopSequences"] = [stop] if isinstance(stop, str) else list(stop)
+    config.update(_response_format(body.get("response_format")))
+    thinking = _thinking_config(body)
+    if thinking is not None:
+        config["thinkingConfig"] = thinking
+    return config
+
+
+def _response_format(fmt: Any) -> dict[str, Any]:
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind is None or kind == "text":
+        return {}
+    if kind == "json_object":
+        return {"responseMimeType": "application/json"}
+    if kind == "json_schema":
+        spec = fmt.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            return {"responseMimeType": "application/json"}
+        # responseJsonSchema takes JSON Schema itself; responseSchema only an OpenAPI subset
+        # (no additionalProperties, no type arrays), which strict client schemas often use.
+        return {"responseMimeType": "application/json", "responseJsonSchema": schema}
+    raise BadRequest(f"response_format: Gemini cannot produce {kind!r}", field="response_format.type")
+
+
+def _thinking_config(body: dict[str, Any]) -> dict[str, Any] | None:
+    """OpenRouter's `reasoning` (or the `reasoning_effort` shorthand) as a thinkingConfig;
+    None leaves the model's default. An explicit budget wins over an effort, because Gemini
+    refuses a thinkingBudget and a thinkingLevel together."""
+    reasoning = body.get("reasoning")
+    if not isinstance(reasoning, dict):
+        effort = body.get("reasoning_effort")
+        if not isinstance(effort, str):
+            return None
+        reasoning = {"effort": effort}
+    effort, budget = reasoning.get("effort"), reasoning.get("max_tokens")
+    if effort == "none" or reasoning.get("enabled") is False:
+        return {"thinkingBudget": 0}
+    config: dict[str, Any] = {"includeThoughts": reasoning.get("exclude") is not True}
+    if isinstance(budget, int) and not isinstance(budget, bool):
+        config["thinkingBudget"] = budget
+    elif effort is not None:
+        if effort not in _LEVELS:
+            raise BadRequest(f"reasoning.effort: must be one of none, {', '.join(_LEVELS)}", field="reasoning.effort")
+        config["thinkingLevel"] = _LEVELS[effort]
+    return config
+
+
+# -- reply -----------------------------------------------------------------------------
+def usage_from_gemini(raw: Any) -> Usage | None:
+    """A `usageMetadata` object in OpenAI's convention; None when absent or malformed.
+
+    Gemini's promptTokenCount already includes cachedContentTokenCount, and
+    totalTokenCount = promptTokenCount + toolUsePromptTokenCount + candidatesTokenCount +
+    thoughtsTokenCount: tool-use prompt tokens (results of Google's own tools) are input,
+    thoughts are output that candidatesTokenCount leaves out."""
+    if not isinstance(raw, dict) or not _is_count(raw.get("promptTokenCount")):
+        return None
+    thoughts = _count(raw.get("thoughtsTokenCount"))
+    return Usage(
+        prompt_tokens=raw["promptTokenCount"] + _count(raw.get("toolUsePromptTokenCount")),
+        completion_tokens=_count(raw.get("candidatesTokenCount")) + thoughts,
+        cached_tokens=_count(raw.get("cachedContentTokenCount")),
+        reasoning_tokens=thoughts,
+    )
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _count(value: Any) -> int:
+    return value if _is_count(value) else 0
+
+
+def finish_reason(native: str, has_tool_calls: bool) -> str:
+    """Gemini's finishReason normalized: STOP ends tool-call turns too, so the calls decide."""
+    if native == "STOP" and has_tool_calls:
+        return "tool_calls"
+    return _FINISHES.get(native, "stop")
+
+
+@dataclass(slots=True)
+class _Output:
+    """What one candidate's parts say."""
+
+    reasoning: str = ""
+    text: str = ""
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    details: list[dict[str, Any]] = field(default_factory=list)  # signatures as reasoning_details
+
+
+def _read_parts(content: Any, calls_before: int, details_before: int) -> _Output:
+    """`calls_before`/`details_before` number the calls and details of a stream across chunks."""
+    parts = content.get("parts") if isinstance(content, dict) else None
+    if parts is None:
+        return _Output()  # e.g. a SAFETY stop, or thinking that used every token
+    if not isinstance(parts, list):
+        raise ValueError("content.parts is not a list")
+    out = _Output()
+    reasoning, text = [], []
+    for part in parts:
+        if not isinstance(part, dict):
+            raise ValueError("a part is not an object")
+        call = part.get("functionCall")
+        if call is not None:
+            if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+                raise ValueError("functionCall without a name")
+            args = call.get("args") or {}
+            number = calls_before + len(out.tool_calls)
+            call_id = call.get("id")
+            if not isinstance(call_id, str) or not call_id:
+                call_id = f"call_{number}_{_IDS.hex(6)}"
+            out.tool_calls.append({"id": call_id, "type": "function",
+                                   "function": {"name": call["name"], "arguments": orjson.dumps(args).decode()}})
+            signature = part.get("thoughtSignature")
+            if isinstance(signature, str) and signature:
+                out.details.append({"type": "reasoning.encrypted", "data": signature, "id": call_id,
+                                    "format": SIGNATURE_FORMAT, "index": details_before + len(out.details)})
+        elif isinstance(part.get("text"), str):
+            (reasoning if part.get("thought") is True else text).append(part["text"])
+    out.reasoning, out.text = "".join(reasoning), "".join(text)
+    return out
+
+
+def _candidate(data: dict[str, Any]) -> dict[str, Any] | None:
+    candidates = data.get("candidates")
+    if candidates is None or candidates == []:
+        return None
+    if not isinstance(candidates, list) or not isinstance(candidates[0], dict):
+        raise ValueError("candidates is not a list of objects")
+    return candidates[0]
+
+
+def _block_reason(data: dict[str, Any]) -> str | None:
+    feedback = data.get("promptFeedback")
+    reason = feedback.get("blockReason") if isinstance(feedback, dict) else None
+    return reason if isinstance(reason, str) and reason else None
+
+
+def _native_finish(candidate: dict[str, Any]) -> str | None:
+    native = candidate.get("finishReason")
+    if native is not None and not isinstance(native, str):
+        raise ValueError("finishReason is not a string")
+    return native or None
+
+
+def from_gemini(data: Any, model: str) -> tuple[dict[str, Any], Usage | None, str | None]:
+    """A GenerateContentResponse as an OpenAI chat.completion body (without `created`: a
+    Gemini response carries no time, the caller stamps its own), its usage and its
+    `responseId`. Only the first candidate is read: we never ask for more. Raises
+    ValueError for a body that is not a valid response."""
+    if not isinstance(data, dict):
+        raise ValueError("the response is not an object")
+    upstream_id = data.get("responseId") if isinstance(data.get("responseId"), str) else None
+    candidate = _candidate(data)
+    message: dict[str, Any] = {"role": "assistant", "content": "", "reasoning": None}
+    if candidate is None:
+        native = _block_reason(data)
+        if native is None:
+            raise ValueError("neither candidates nor a blocked prompt")
+        finish = "content_filter"  # the prompt itself was refused
+    else:
+        out = _read_parts(candidate.get("content"), 0, 0)
+        native = _native_finish(candidate)
+        finish = finish_reason(native or "", bool(out.tool_calls))
+        message["content"] = None if out.tool_calls and not out.text else out.text
+        message["reasoning"] = out.reasoning or None
+        if out.tool_calls:
+            message["tool_calls"] = out.tool_calls
+        if out.details:
+            message["reasoning_details"] = out.details
+    body = {"id": upstream_id, "object": "chat.completion", "model": model,
+            "choices": [{"index": 0, "message": message, "finish_reason": finish, "native_finish_reason": native,
+                         "logprobs": None}]}
+    return body, usage_from_gemini(data.get("usageMetadata")), upstream_id
+
+
+class StreamTranslator:
+    """Streamed GenerateContentResponses, each a delta of the candidate, as OpenAI chunks.
+
+    `usage` is the latest usageMetadata (Gemini repeats it cumulatively); `done` is set by
+    the first finishReason (or a blocked prompt), after which chunks may still bring usage
+    but no content."""
+
+    def __init__(self, model: str, created: int) -> None:
+        self.model, self.created = model, created
+        self.upstream_id: str | None = None
+        self.usage: Usage | None = None
+        self.done = False
+        self._announced = False  # the first chunk carries the assistant role
+        self._calls = 0          # tool calls so far: the next call's index
+        self._details = 0        # reasoning_details so far
+
+    def feed(self, data: Any) -> list[dict[str, Any]]:
+        """Chunks for one streamed response (often one, none for a usage-only tail).
+        Raises ValueError for a body that is not a valid response."""
+        if not isinstance(data, dict):
+            raise ValueError("the chunk is not an object")
+        if self.upstream_id is None and isinstance(data.get("responseId"), str):
+            self.upstream_id = data["responseId"]
+        usage = usage_from_gemini(data.get("usageMetadata"))
+        if usage is not None:
+            self.usage = usage
+        if self.done:
+            return []
+        candidate = _candidate(data)
+        if candidate is None:
+            block = _block_reason(data)
+            if block is None:
+                return []
+            self.done = True
+            return [self._chunk({"content": ""}, "content_filter", block)]
+        out = _read_parts(candidate.get("content"), self._calls, self._details)
+        native = _native_finish(candidate)
+        delta: dict[str, Any] = {}
+        if out.reasoning:
+            delta["reasoning"] = out.reasoning
+        if out.text:
+            delta["content"] = out.text
+        if out.tool_calls:
+            delta["tool_calls"] = [{"index": self._calls + n, **call} for n, call in enumerate(out.tool_calls)]
+            self._calls += len(out.tool_calls)
+        if out.details:
+            delta["reasoning_details"] = out.details
+            self._details += len(out.details)
+        if native is None:
+            return [self._chunk(delta, None, None)] if delta else []
+        self.done = True
+        return [self._chunk(delta, finish_reason(native, self._calls > 0), native)]
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None, native: str | None) -> dict[str, Any]:
+        if not self._announced:
+            self._announced = True
+            delta = {"role": "assistant", **delta}
+        return {"id": self.upstream_id, "object": "chat.completion.chunk", "created": self.created,
+                "model": self.model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish,
+                                                  "native_finish_reason": native, "logprobs": None}]}
+
+
+# -- errors ----------------------------------------------------------------------------
+# google.rpc status names as OpenRouter error types.
+_STATUSES = {
+    "INVALID_ARGUMENT": "invalid_request",
+    "FAILED_PRECONDITION": "invalid_request",  # e.g. the free tier is not offered in the caller's region
+    "UNAUTHENTICATED": "authentication",
+    "PERMISSION_DENIED": "permission_denied",
+    "NOT_FOUND": "not_found",
+    "RESOURCE_EXHAUSTED": "rate_limit_exceeded",
+    "INTERNAL": "provider_unavailable",
+    "UNAVAILABLE": "provider_overloaded",
+    "DEADLINE_EXCEEDED": "timeout",
+}
+
+
+def read_fault(status: int, raw: Any) -> Fault:
+    """Read a Gemini error body, `{"error": {code, message, status, details}}`, which Gemini
+    sometimes wraps in a one-element array. `Fault.code` is the status name."""
+    if isinstance(raw, list) and len(raw) == 1:
+        raw = raw[0]
+    error = raw.get("error") if isinstance(raw, dict) else None
+    if not isinstance(error, dict):
+        error = {}
+    code = error.get("status") if isinstance(error.get("status"), str) else None
+    message = error.get("message")
+    message = message if isinstance(message, str) else (raw if isinstance(raw, str) and raw else None)
+    error_type = _STATUSES.get(code or "") or by_status(status)
+    if error_type == "invalid_request":
+        # Gemini answers a bad key and an over-long prompt as INVALID_ARGUMENT too; both
+        # mean something else for failover.
+        if _bad_api_key(error, message):
+            error_type = "authentication"
+        elif message and "input token count" in message.lower() and "exceeds" in message.lower():
+            error_type = "context_length_exceeded"
+    return Fault(error_type, code, message)
+
+
+def _bad_api_key(error: dict[str, Any], message: str | None) -> bool:
+    details = error.get("details")
+    for detail in details if isinstance(details, list) else ():
+        if isinstance(detail, dict) and detail.get("reason") == "API_KEY_INVALID":
+            return True
+    return message is not None and "api key not valid" in message.lower()
+
+
+def _stream_status(error: Any) -> int:
+    """A mid-stream error has no HTTP status of its own; its `code` is one."""
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, int) and 400 <= code <= 599 else 502
+
+
+# -- wire ------------------------------------------------------------------------------
+class GeminiDialect:
+    def __init__(self, upstreams: Upstreams, clock: Clock | None = None) -> None:
+        self.upstreams = upstreams
+        self.clock = clock or Clock()
+
+    def request(self, call: Call, stream: bool) -> tuple[str, bytes, dict[str, str]]:
+        endpoint = call.endpoint
+        method = "streamGenerateContent?alt=sse" if stream else "generateContent"
+        url = f"{endpoint.provider.base_url}/models/{endpoint.upstream_model}:{method}"
+        headers = {"Content-Type": "application/json"}
+        if call.credential:
+            headers["x-goog-api-key"] = call.credential
+        return url, orjson.dumps(to_gemini(call.body, call.user_tag)), headers
+
+    async def complete(self, call: Call) -> Reply:
+        provider = call.endpoint.provider
+        url, body, headers = self.request(call, stream=False)
+        response = await self.upstreams.post(provider, url, body, headers, read_fault)
+        data = await read_json(provider, response)
+        try:
+            reply, usage, upstream_id = from_gemini(data, call.endpoint.upstream_model)
+        except ValueError:
+            raise invalid_response(provider, orjson.dumps(data)) from None
+        reply["created"] = int(self.clock.now())
+        return Reply(body=reply, usage=usage, upstream_id=upstream_id)
+
+    async def open_stream(self, call: Call) -> GeminiStream:
+        provider = call.endpoint.provider
+        url, body, headers = self.request(call, stream=True)
+        response = await self.upstreams.post(provider, url, body, headers, read_fault)
+        return GeminiStream(provider, response, StreamTranslator(call.endpoint.upstream_model, int(self.clock.now())))
+
+
+class GeminiStream:
+    """Server-sent `data:` lines of streamed GenerateContentResponses, as OpenAI chunks.
+
+    Gemini sends no [DONE]: the end of the body after a finishReason is the normal end, and
+    reading on to it collects the usage that may follow the finish."""
+
+    def __init__(self, provider: Provider, response: aiohttp.ClientResponse, translator: StreamTranslator) -> None:
+        self.provider = provider
+        self.response = response
+        self.translator = translator
+        self._pending: deque[dict[str, Any]] = deque()
+        self._ended = False
+
+    @property
+    def upstream_id(self) -> str | None:
+        return self.translator.upstream_id
+
+    @property
+    def usage(self) -> Usage | None:
+        return self.translator.usage
+
+    async def next(self) -> dict[str, Any] | None:
+        while not self._pending:
+            if self._ended:
+                return None
+            line = await read_line(self.provider, self.response)
+            if not line:
+                if self.translator.done:
+                    self._ended = True
+                    self.response.release()
+                    return None
+                self.close()
+                raise ProviderError(f"{self.provider.name} closed the stream before it finished",
+                                    provider_name=self.provider.name, raw="stream ended without a finishReason")
+            if not line.startswith(b"data:"):
+                continue  # blank separators and any other SSE fields
+            payload = line[5:].strip()
+            try:
+                data = orjson.loads(payload)
+            except orjson.JSONDecodeError:
+                self.close()
+                raise invalid_response(self.provider, payload) from None
+            error = data.get("error") if isinstance(data, dict) else None
+            if error:
+                self.close()
+                raise provider_error(self.provider.name, read_fault(_stream_status(error), data), error)
+            try:
+                self._pending.extend(self.translator.feed(data))
+            except ValueError:
+                self.close()
+                raise invalid_response(self.provider, payload) from None
+        return self._pending.popleft()
+
+    def close(self) -> None:
+        if not self._ended:
+            self._ended = True
+            self.response.close()
