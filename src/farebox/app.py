@@ -15,6 +15,7 @@ from farebox.clock import Clock
 from farebox.ids import MANAGEMENT_KEY_PREFIX, Ids
 from farebox.ledger.book import Book
 from farebox.ledger.ledger import Ledger
+from farebox.providers.anthropic import AnthropicDialect
 from farebox.providers.gemini import GeminiDialect
 from farebox.providers.http import Upstreams
 from farebox.providers.openai import OpenAIDialect
@@ -63,7 +64,8 @@ class Gateway:
         self.upstreams = Upstreams(
             connect_timeout_s=settings.upstream_connect_timeout_s, idle_timeout_s=settings.upstream_idle_timeout_s,
             total_timeout_s=settings.upstream_timeout_s, connections_max=settings.upstream_connections_max)
-        dialects = {"openai": OpenAIDialect(self.upstreams), "gemini": GeminiDialect(self.upstreams, self.clock)}
+        dialects = {"openai": OpenAIDialect(self.upstreams), "anthropic": AnthropicDialect(self.upstreams, self.clock),
+                    "gemini": GeminiDialect(self.upstreams, self.clock)}
         self.relay = Relay(catalog=self.catalog, dialects=dialects, ledger=self.ledger, settings=settings,
                            clock=self.clock)
         self._started = False
