@@ -12,10 +12,12 @@ import orjson
 
 from farebox.api.errors import error_body
 from farebox.api.http import JSON_HEADERS, Request, Response
+from farebox.api.inference import json_object, new_request
 from farebox.api.validate import validate_chat
-from farebox.errors import BadRequest, FareboxError, InternalError
+from farebox.errors import FareboxError, InternalError
 from farebox.ledger.pricing import measure_prompt
 from farebox.relay import ChatRequest
+from farebox.tenancy.records import KeyRecord
 
 if TYPE_CHECKING:
     from farebox.app import Gateway
@@ -28,37 +30,24 @@ DONE = b"data: [DONE]\n\n"
 
 def parse(gw: Gateway, req: Request, raw: bytes) -> ChatRequest:
     key = gw.directory.authenticate(req.header(b"authorization"))
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as e:
-        raise BadRequest(f"Request body is not valid JSON: {e}") from None
-    if not isinstance(body, dict):
-        raise BadRequest("Request body must be a JSON object")
+    body = json_object(raw)
     if "messages" not in body and isinstance(body.get("prompt"), str):
         # Older OpenRouter clients send a bare prompt.
         body["messages"] = [{"role": "user", "content": body.pop("prompt")}]
+    return build(gw, req, body, key)
+
+
+def build(gw: Gateway, req: Request, body: dict[str, Any], key: KeyRecord) -> ChatRequest:
+    """Validate a neutral (OpenAI-shaped) chat request and make the relay's request of
+    it. Every chat-shaped endpoint ends here, whatever wire format it speaks."""
     validate_chat(body)
-    model = body.get("model")
-    models = [model] if model else []
-    for fallback in body.get("models") or ():
-        if fallback not in models:
-            models.append(fallback)
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
     if "session_id" not in body:
         session = req.header(b"x-session-id")
         if session:
             body["session_id"] = session[:256]
-    clock = gw.clock
-    now = clock.now()
-    org = gw.directory.orgs[key.org_id]  # type: ignore[index]
-    return ChatRequest(
-        body=body, key=key, org=org, models=models, stream=body.get("stream") is True,
-        max_tokens=max_tokens, prompt=measure_prompt(body), gen_id=gw.ids.generation_id(int(now)),
-        created=int(now), created_ms=int(now * 1000), started=clock.monotonic(),
-        http_referer=req.header(b"http-referer"),
-        title=req.header(b"x-openrouter-title") or req.header(b"x-title"),
-        user_agent=req.header(b"user-agent"),
-    )
+    return new_request(gw, req, key, body, api="chat", stream=body.get("stream") is True,
+                       max_tokens=body.get("max_completion_tokens") or body.get("max_tokens"),
+                       prompt=measure_prompt(body))
 
 
 async def handle(gw: Gateway, req: Request) -> Response | None:
@@ -71,9 +60,12 @@ async def handle(gw: Gateway, req: Request) -> Response | None:
     return None
 
 
-async def stream_to_client(gw: Gateway, req: Request, chat: ChatRequest) -> None:
-    """Relay a streamed request as server-sent events, watching for the client leaving."""
-    sink = SseSink(req.send, chat.gen_id)
+async def stream_to_client(gw: Gateway, req: Request, chat: ChatRequest, sink: SseSink | None = None) -> None:
+    """Run a streaming request through the relay into `sink` (OpenAI-shaped events unless
+    another API's sink is given), watching for the client leaving. Errors before the first
+    event propagate (a plain JSON error with its status); later ones end the stream
+    through `sink.fail`."""
+    sink = sink or SseSink(req.send, chat.gen_id)
     watcher = asyncio.get_running_loop().create_task(_watch(req.receive, sink))
     try:
         await gw.relay.stream(chat, sink)
@@ -111,13 +103,14 @@ async def _watch(receive: Callable[..., Any], sink: SseSink) -> None:
 class SseSink:
     """Frames a stream's events as server-sent events. The status line and headers go out
     with the first event, so an error before any event is still a plain JSON error with
-    its own status."""
+    its own status. `headers` are added to the response's (another API's request id)."""
 
-    __slots__ = ("_on_disconnect", "disconnected", "ended", "gen_id", "send", "started")
+    __slots__ = ("_on_disconnect", "disconnected", "ended", "gen_id", "headers", "send", "started")
 
-    def __init__(self, send: Callable[..., Any], gen_id: str) -> None:
+    def __init__(self, send: Callable[..., Any], gen_id: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
         self.send = send
         self.gen_id = gen_id
+        self.headers = headers or []
         self.started = self.ended = self.disconnected = False
         self._on_disconnect: Callable[[], None] | None = None
 
@@ -134,7 +127,7 @@ class SseSink:
             self.started = True
             await self.send({"type": "http.response.start", "status": 200, "headers": [
                 (b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
-                (b"x-accel-buffering", b"no"), (b"x-generation-id", self.gen_id.encode())]})
+                (b"x-accel-buffering", b"no"), (b"x-generation-id", self.gen_id.encode()), *self.headers]})
         if not more:
             self.ended = True
         await self.send({"type": "http.response.body", "body": data, "more_body": more})

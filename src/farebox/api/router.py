@@ -8,7 +8,7 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from farebox.api import account, admin, chat, completions
+from farebox.api import account, admin, chat, completions, messages
 from farebox.api.catalog import ModelList
 from farebox.api.http import Request, Response, error_response, json_response, send_response
 from farebox.errors import FareboxError, InternalError, NotFound
@@ -28,11 +28,14 @@ class Api:
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
         models = ModelList(gw)
+        anthropic = messages.Messages(gw)
         v1 = "/api/v1"
         self.exact: dict[tuple[str, str], Handler] = {
             ("POST", f"{v1}/chat/completions"): chat.handle,
             ("POST", f"{v1}/completions"): completions.completions,
             ("POST", f"{v1}/embeddings"): completions.embeddings,
+            ("POST", f"{v1}/messages"): anthropic.create,
+            ("POST", f"{v1}/messages/count_tokens"): anthropic.count_tokens,
             ("GET", f"{v1}/models"): models.list,
             ("GET", f"{v1}/generation"): account.generation,
             ("GET", f"{v1}/key"): account.key,
@@ -52,6 +55,11 @@ class Api:
             ("DELETE", re.compile(rf"^{v1}/keys/(?P<hash>[0-9a-fA-F]+)$"), admin.delete_key),
             ("GET", re.compile(rf"^{v1}/organizations/(?P<org>[^/]+)$"), admin.get_org),
             ("POST", re.compile(rf"^{v1}/organizations/(?P<org>[^/]+)/credits$"), admin.grant),
+        ]
+        # Paths whose errors take another API's shape: the Anthropic Messages API's clients
+        # read only Anthropic's, whether a handler or the router raised the error.
+        self.error_shapes: list[tuple[str, Callable[[FareboxError], Response]]] = [
+            (f"{v1}/messages", messages.error_response),
         ]
 
     def _route(self, method: str, path: str, req: Request) -> Handler:
@@ -78,14 +86,20 @@ class Api:
                 handler = self._route(scope["method"], scope["path"], req)
                 response = await handler(self.gw, req)
             except FareboxError as e:
-                response = error_response(e)
+                response = self._error(scope["path"], e)
             except Exception:
                 log.exception("unhandled error on %s %s", scope["method"], scope["path"])
-                response = error_response(InternalError("Internal error"))
+                response = self._error(scope["path"], InternalError("Internal error"))
             if response is not None:
                 await send_response(send, response)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
+
+    def _error(self, path: str, error: FareboxError) -> Response:
+        for prefix, render in self.error_shapes:
+            if path == prefix or path.startswith(prefix + "/"):
+                return render(error)
+        return error_response(error)
 
     async def _lifespan(self, receive: Callable[..., Any], send: Callable[..., Any]) -> None:
         while True:

@@ -66,7 +66,7 @@ def generation_wire(g: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": g["id"], "upstream_id": g.get("upstream_id"), "request_id": None, "session_id": g.get("session_id"),
         "created_at": iso(g["created_at_ms"]), "model": g["model"], "provider_name": g["provider_name"],
-        "router": None, "api_type": "completions", "app_id": None,
+        "router": None, "api_type": g.get("api_type", "completions"), "app_id": None,
         "origin": g.get("http_referer") or "", "http_referer": g.get("http_referer"),
         "user_agent": g.get("user_agent"), "external_user": g.get("external_user"),
         "streamed": g["streamed"], "cancelled": g["cancelled"], "is_byok": False,
