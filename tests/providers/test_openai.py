@@ -300,3 +300,12 @@ def test_groq_stream_usage_and_reasoning_content_deltas():
 def test_read_fault_understands_the_family_error_bodies(status, raw, error_type, code):
     fault = read_fault(status, raw)
     assert (fault.error_type, fault.code) == (error_type, code)
+
+
+def test_cache_control_marks_are_not_sent_to_the_openai_family():
+    messages = [{"role": "system", "content": [{"type": "text", "text": "rules", "cache_control": {"type": "ephemeral"}}]},
+                {"role": "user", "content": "hi"}]
+    out = sent({}, messages=messages, cache_control={"type": "ephemeral"})
+    assert out == {"model": "sim-small", "messages": [
+        {"role": "system", "content": [{"type": "text", "text": "rules"}]}, {"role": "user", "content": "hi"}]}
+    assert messages[0]["content"][0]["cache_control"] == {"type": "ephemeral"}  # the client's request is untouched

@@ -31,7 +31,7 @@ class OpenAIDialect:
     def request(self, call: Call, stream: bool) -> tuple[str, bytes, dict[str, str]]:
         provider = call.endpoint.provider
         options = provider.options
-        body = {k: v for k, v in call.body.items() if k not in GATEWAY_FIELDS}
+        body = {k: v for k, v in call.body.items() if k not in GATEWAY_FIELDS and k != "cache_control"}
         body["model"] = call.endpoint.upstream_model
         if "messages" in body:
             body["messages"] = _messages(body["messages"], options)
@@ -173,20 +173,28 @@ _REASONING_KEYS = ("reasoning", "reasoning_content", "reasoning_details")
 def _messages(messages: Any, options: dict[str, Any]) -> Any:
     """Assistant messages may carry reasoning from an earlier turn (OpenRouter's
     `reasoning`/`reasoning_details`). Most OpenAI-dialect servers reject or ignore it, so it
-    is removed, or sent under the one field the server reads when it asks for it."""
+    is removed, or sent under the one field the server reads when it asks for it.
+    Anthropic-style `cache_control` marks on content parts (Claude Code sends them on every
+    request) mean nothing to this family, whose caching is automatic: they are removed."""
     if not isinstance(messages, list):
         return messages
     keep = options.get("reasoning_in_messages", False)
     field = options.get("reasoning_field", "reasoning")
     out = []
     for message in messages:
-        if isinstance(message, dict) and any(k in message for k in _REASONING_KEYS):
-            message = dict(message)
-            text = message.pop("reasoning", None) or message.pop("reasoning_content", None)
-            message.pop("reasoning_content", None)
-            message.pop("reasoning_details", None)
-            if keep and isinstance(text, str) and text:
-                message[field] = text
+        if isinstance(message, dict):
+            if any(k in message for k in _REASONING_KEYS):
+                message = dict(message)
+                text = message.pop("reasoning", None) or message.pop("reasoning_content", None)
+                message.pop("reasoning_content", None)
+                message.pop("reasoning_details", None)
+                if keep and isinstance(text, str) and text:
+                    message[field] = text
+            content = message.get("content")
+            if isinstance(content, list) and any(isinstance(p, dict) and "cache_control" in p for p in content):
+                message = {**message, "content": [
+                    {k: v for k, v in p.items() if k != "cache_control"} if isinstance(p, dict) else p
+                    for p in content]}
         out.append(message)
     return out
 
