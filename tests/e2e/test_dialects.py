@@ -40,7 +40,7 @@ def cost_of(model: str, usage) -> Decimal:
     prompt, completion, read, write = PRICES[model]
     details = usage.prompt_tokens_details
     cached = details.cached_tokens if details else 0
-    written = (details.model_extra or {}).get("cache_write_tokens", 0) if details else 0
+    written = (details.model_dump().get("cache_write_tokens") or 0) if details else 0
     return ((usage.prompt_tokens - cached - written) * prompt + cached * read + written * write
             + usage.completion_tokens * completion)
 
@@ -177,7 +177,7 @@ def test_cache_reads_are_billed_at_the_cache_price(funded, model):
     details = completion.usage.prompt_tokens_details
     assert details.cached_tokens == 100
     if writes:
-        assert details.model_extra["cache_write_tokens"] == 30
+        assert details.model_dump()["cache_write_tokens"] == 30
     record = check_billed(gw, org, key, model, completion.id, completion.usage, before)
     assert record["native_tokens_cached"] == 100
     assert Decimal(str(record["cache_discount"])) > 0 or writes

@@ -16,7 +16,7 @@ import openai
 import pytest
 from aiohttp import web
 
-from farebox.sim.controls import ControlError, from_messages, from_prefix, resolve
+from farebox.sim.controls import ControlError, from_prefix, from_texts, resolve
 from farebox.sim.server import create_app
 from tests.simthread import running_sim
 
@@ -316,14 +316,15 @@ def test_control_parsing_units() -> None:
         "garbage": True,
         "tokens_per_s": 2.5,
     }
-    assert from_messages([{"role": "user", "content": "x [[sim hang=0 usage=1]] y"}]) == {
+    assert from_texts(["x [[sim hang=0 usage=1]] y"]) == {
         "hang": False,
         "usage": True,
     }
     with pytest.raises(ControlError):
         from_prefix("ttft_ms")
-    ctl = resolve("usage=0", {"messages": HI, "sim": {"usage": True}})
+    ctl = resolve("usage=0", {"usage": True}, ["hi"])
     assert ctl.usage is True
+    assert resolve("usage=0", {"usage": True}, ["[[sim usage=0]]"]).usage is False
 
 
 # --- disconnects ----------------------------------------------------------

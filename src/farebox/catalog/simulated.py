@@ -3,11 +3,16 @@ and the benchmarks. Prices are chosen to look like real ones."""
 
 from __future__ import annotations
 
-SIM_MODELS = ("sim/small", "sim/large", "sim/small:free")
+# Chat models: sim/claude and sim/gemini are served through the simulator's Anthropic and
+# Gemini dialects, so a demo (and the tests) cross every translation the gateway has.
+SIM_MODELS = ("sim/small", "sim/large", "sim/small:free", "sim/claude", "sim/gemini")
+SIM_EMBEDDING_MODELS = ("sim/embed",)
 
 
 def sim_catalog(base_url: str, provider: str = "sim", name: str = "Farebox Simulator") -> str:
-    """Catalog TOML for the simulator at `base_url` (e.g. http://127.0.0.1:8090/v1)."""
+    """Catalog TOML for the simulator at `base_url` (e.g. http://127.0.0.1:8090/v1): one
+    provider per dialect the simulator speaks, at the paths the real APIs use."""
+    root = base_url.removesuffix("/v1")
     params = ('["max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "seed", '
               '"response_format", "tools", "tool_choice", "frequency_penalty", "presence_penalty"]')
     return f'''
@@ -15,6 +20,22 @@ def sim_catalog(base_url: str, provider: str = "sim", name: str = "Farebox Simul
 name = "{name}"
 dialect = "openai"
 base_url = "{base_url}"
+api_key = "none"
+trains_on_prompts = false
+retains_prompts = false
+
+[providers.{provider}-anthropic]
+name = "{name} (Anthropic)"
+dialect = "anthropic"
+base_url = "{root}"
+api_key = "none"
+trains_on_prompts = false
+retains_prompts = false
+
+[providers.{provider}-google]
+name = "{name} (Gemini)"
+dialect = "gemini"
+base_url = "{root}/v1beta"
 api_key = "none"
 trains_on_prompts = false
 retains_prompts = false
@@ -63,4 +84,51 @@ model = "sim-small"
 max_completion_tokens = 16384
 supported_parameters = {params}
 pricing = {{ prompt = "0", completion = "0" }}
+
+[[models]]
+id = "sim/embed"
+name = "Simulated: Embeddings"
+description = "A simulated text embedding model priced like a small one."
+created = 1767225600
+context_length = 8192
+input_modalities = ["text"]
+output_modalities = ["embeddings"]
+tokenizer = "Other"
+
+[[models.endpoints]]
+provider = "{provider}"
+model = "sim-embed"
+pricing = {{ prompt = "0.00000002", completion = "0" }}
+
+[[models]]
+id = "sim/claude"
+name = "Simulated: Claude-style"
+description = "A simulated model behind the Anthropic Messages API, priced like a mid-size Claude."
+created = 1767225600
+context_length = 200000
+input_modalities = ["text", "image", "file"]
+tokenizer = "Claude"
+
+[[models.endpoints]]
+provider = "{provider}-anthropic"
+model = "sim-claude"
+max_completion_tokens = 64000
+supported_parameters = {params}
+pricing = {{ prompt = "0.000003", completion = "0.000015", input_cache_read = "0.0000003", input_cache_write = "0.00000375" }}
+
+[[models]]
+id = "sim/gemini"
+name = "Simulated: Gemini-style"
+description = "A simulated model behind the Gemini API, priced like a Flash model."
+created = 1767225600
+context_length = 1000000
+input_modalities = ["text", "image", "file", "audio"]
+tokenizer = "Gemini"
+
+[[models.endpoints]]
+provider = "{provider}-google"
+model = "sim-gemini"
+max_completion_tokens = 65536
+supported_parameters = {params}
+pricing = {{ prompt = "0.0000003", completion = "0.0000025", input_cache_read = "0.00000003" }}
 '''

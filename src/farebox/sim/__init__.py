@@ -1,4 +1,5 @@
-"""`farebox sim`: a simulated OpenAI-compatible upstream for tests, demos and benchmarks.
+"""`farebox sim`: a simulated upstream speaking OpenAI (chat, legacy completions,
+embeddings), Anthropic Messages and Gemini, for tests, demos and benchmarks.
 
 See docs/simulator.md for how to run it and the behaviour-control reference.
 """

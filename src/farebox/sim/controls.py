@@ -2,18 +2,19 @@
 
 Three sources, later wins: the URL prefix `/_sim/k=v,k=v/...` (so a gateway
 catalog can give one simulated provider a fixed behaviour via its base URL), a
-`sim` object in the JSON body, and `[[sim k=v ...]]` directives inside message
-text (which survive translation through any gateway dialect).
+`sim` object in the JSON body, and `[[sim k=v ...]]` directives inside the
+request's message/system text (which survive translation through any gateway
+dialect). The controls mean the same in every dialect; each dialect only says
+which texts of its request are scanned for directives.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from typing import Any
-
-from farebox.sim.text import message_text
 
 
 class ControlError(ValueError):
@@ -37,7 +38,11 @@ class Controls:
     usage: bool = True
     reasoning_tokens: int = 0
     cached_tokens: int = 0
+    cache_write_tokens: int = 0
     prompt_tokens: int | None = None
+    context_length: int | None = None
+    fail_after: int | None = None
+    tool_call: bool = True
 
 
 # name -> (kind, minimum, maximum). Upper bounds keep a typo from making the
@@ -55,7 +60,11 @@ _SPECS: dict[str, tuple[str, float, float]] = {
     "usage": ("bool", 0, 1),
     "reasoning_tokens": ("int", 0, _MAX_TOKENS),
     "cached_tokens": ("int", 0, 1 << 31),
+    "cache_write_tokens": ("int", 0, 1 << 31),
     "prompt_tokens": ("int", 0, 1 << 31),
+    "context_length": ("int", 1, 1 << 31),
+    "fail_after": ("int", 0, _MAX_TOKENS),
+    "tool_call": ("bool", 0, 1),
 }
 assert set(_SPECS) == {f.name for f in fields(Controls)}
 
@@ -132,11 +141,10 @@ def from_body(sim: Any) -> dict[str, Any]:
     return {str(k): _coerce(str(k), v) for k, v in sim.items()}
 
 
-def from_messages(messages: list[Any]) -> dict[str, Any]:
-    """Collect `[[sim k=v ...]]` directives, in message order (later wins)."""
+def from_texts(texts: Iterable[str]) -> dict[str, Any]:
+    """Collect `[[sim k=v ...]]` directives from the request's texts, in order (later wins)."""
     out: dict[str, Any] = {}
-    for message in messages:
-        text, _ = message_text(message)
+    for text in texts:
         if "[[sim" not in text:  # cheap pre-check; most prompts carry no directive
             continue
         for match in _DIRECTIVE.finditer(text):
@@ -144,36 +152,26 @@ def from_messages(messages: list[Any]) -> dict[str, Any]:
     return out
 
 
-def resolve(prefix: str | None, body: dict[str, Any]) -> Controls:
-    """Merge prefix < body `sim` < message directives into one Controls."""
+def resolve(prefix: str | None, sim: Any, texts: Iterable[str]) -> Controls:
+    """Merge prefix < body `sim` object < directives in `texts` into one Controls."""
     merged = from_prefix(prefix)
-    merged.update(from_body(body.get("sim")))
-    merged.update(from_messages(body["messages"]))
+    merged.update(from_body(sim))
+    merged.update(from_texts(texts))
     return Controls(**merged)
 
 
-# What the `status` control answers with: OpenAI's error `type` (which SDKs map
-# to exception classes together with the status) and `code` for that status.
-_STATUS_KINDS: dict[int, tuple[str, str | None, str]] = {
-    400: ("invalid_request_error", None, "Simulated bad request."),
-    401: ("authentication_error", "invalid_api_key", "Incorrect API key provided (simulated)."),
-    403: ("permission_error", None, "You are not allowed to access this resource (simulated)."),
-    404: ("invalid_request_error", "model_not_found", "The model does not exist (simulated)."),
-    429: ("rate_limit_error", "rate_limit_exceeded", "Rate limit reached (simulated). Try again later."),
-    503: ("server_error", None, "The server is overloaded or not ready yet (simulated)."),
-}
+def retry_after_headers(status: int, retry_after: int | None) -> dict[str, str]:
+    """The retry-after header of a `status` error: the control's value, else 1 for a 429
+    (rate-limited providers always say when to come back), else none."""
+    seconds = retry_after if retry_after is not None else (1 if status == 429 else None)
+    return {"retry-after": str(seconds)} if seconds is not None else {}
 
 
-def status_error(ctl: Controls) -> tuple[int, dict[str, Any], dict[str, str]]:
-    """(status, OpenAI error body, extra headers) for the status/retry_after controls."""
-    status = ctl.status
-    assert status is not None
-    if status < 500:
-        default = ("invalid_request_error", None, f"Simulated client error {status}.")
-    else:
-        default = ("server_error", None, "The server had an error while processing your request (simulated).")
-    type_, code, message = _STATUS_KINDS.get(status, default)
-    # 429 always carries retry-after, as rate-limited providers do.
-    retry_after = ctl.retry_after if ctl.retry_after is not None else (1 if status == 429 else None)
-    headers = {"retry-after": str(retry_after)} if retry_after is not None else {}
-    return status, {"error": {"message": message, "type": type_, "param": None, "code": code}}, headers
+def stop_point(ctl: Controls) -> tuple[int | None, bool]:
+    """(output tokens a stream sends before it stops early, whether it then fails with an
+    in-stream error rather than being cut). cut_after wins a tie: a dropped connection
+    leaves no room for an error event."""
+    cut, fail = ctl.cut_after, ctl.fail_after
+    if fail is not None and (cut is None or fail < cut):
+        return fail, True
+    return cut, False

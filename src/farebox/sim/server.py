@@ -1,61 +1,24 @@
-"""App factory and runners for `farebox sim`, the simulated LLM upstream."""
+"""App factory, routes and runners for `farebox sim`, the simulated LLM upstream."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import signal
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 from aiohttp import web
 
-from farebox.sim import openai
-from farebox.sim.openai import json_response
+from farebox.sim.anthropic import MessagesDialect
+from farebox.sim.completions import CompletionsDialect
+from farebox.sim.embeddings import EmbeddingsDialect
+from farebox.sim.flow import handler
+from farebox.sim.gemini import GenerateContentDialect
+from farebox.sim.openai import ChatDialect, json_response
+from farebox.sim.stats import Stats
 
 _MAX_BODY = 64 * 1024 * 1024  # long prompts are a legitimate test input
 _SHUTDOWN_TIMEOUT_S = 1.0  # hanging requests would otherwise hold shutdown for a minute
-
-
-@dataclass(slots=True)
-class Stats:
-    """Upstream-side counters a test reads through GET /_sim/stats."""
-
-    requests: int = 0
-    streams_started: int = 0
-    streams_completed: int = 0
-    streams_disconnected: int = 0
-    streams_cut: int = 0
-    active_streams: int = 0
-    requests_disconnected: int = 0
-    active_requests: int = 0
-
-    def begin(self, streaming: bool) -> None:
-        self.active_requests += 1
-        if streaming:
-            self.streams_started += 1
-            self.active_streams += 1
-
-    def end(self, streaming: bool, outcome: str) -> None:
-        """outcome: "completed", "cut" (cut_after dropped it) or "disconnected" (client left)."""
-        self.active_requests -= 1
-        if outcome == "disconnected":
-            self.requests_disconnected += 1
-        if streaming:
-            self.active_streams -= 1
-            if outcome == "completed":
-                self.streams_completed += 1
-            elif outcome == "cut":
-                self.streams_cut += 1
-            else:
-                self.streams_disconnected += 1
-
-    def reset(self) -> None:
-        # Gauges describe live connections; zeroing them would drive them negative
-        # when those connections end, so only the cumulative counters reset.
-        for name in asdict(self):
-            if not name.startswith("active_"):
-                setattr(self, name, 0)
-
 
 STATS = web.AppKey("farebox_sim_stats", Stats)
 
@@ -88,13 +51,23 @@ async def _stats_reset(request: web.Request) -> web.Response:
 def create_app() -> web.Application:
     app = web.Application(client_max_size=_MAX_BODY)
     stats = app[STATS] = Stats()
-    chat = openai.chat_handler(stats)
+    routes = {
+        "/v1/chat/completions": handler(ChatDialect(), stats),
+        "/v1/completions": handler(CompletionsDialect(), stats),
+        "/v1/embeddings": handler(EmbeddingsDialect(), stats),
+        "/v1/messages": handler(MessagesDialect(), stats),
+    }
+    generate, stream = handler(GenerateContentDialect(False), stats), handler(GenerateContentDialect(True), stats)
+    for version in ("v1beta", "v1"):  # Gemini's API lives under both; the SDKs pick one
+        routes[f"/{version}/models/{{model}}:generateContent"] = generate
+        routes[f"/{version}/models/{{model}}:streamGenerateContent"] = stream
     app.router.add_get("/_sim/stats", _stats)
     app.router.add_post("/_sim/stats/reset", _stats_reset)
     # Every API route also lives under /_sim/{controls}/ so a provider's base URL
     # can carry its behaviour, e.g. http://127.0.0.1:8090/_sim/status=503/v1
     for prefix in ("", "/_sim/{controls}"):
-        app.router.add_post(prefix + "/v1/chat/completions", chat)
+        for path, handle in routes.items():
+            app.router.add_post(prefix + path, handle)
         app.router.add_get(prefix + "/v1/models", _list_models)
         app.router.add_get(prefix + "/v1/models/{model:.+}", _get_model)
     return app

@@ -1,7 +1,7 @@
 """Deterministic output text and plausible token counts for the simulator.
 
-Everything here is a pure function of the request, so the same (model, messages)
-always yields the same words: tests can compare two runs, and a gateway's
+Everything here is a pure function of the request, so the same request always
+yields the same words: tests can compare two runs, and a gateway's
 retries/fallbacks against two simulated providers produce identical content.
 """
 
@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from typing import Any
 
 import orjson
-
-if TYPE_CHECKING:  # controls.py imports this module at runtime
-    from farebox.sim.controls import Controls
 
 # A fixed vocabulary; one word == one output token. Plain ASCII keeps "token"
 # boundaries obvious in tests and makes byte counts equal character counts.
@@ -32,8 +29,9 @@ VOCAB: tuple[str, ...] = tuple(_WORDS.split())
 _REASONING_SALT = 0x5EED_7EA5
 
 
-def seed_for(model: str, messages: list[Any]) -> int:
-    """A stable 64-bit seed from the model and the messages (order-insensitive keys)."""
+def seed_for(model: str, messages: Any) -> int:
+    """A stable 64-bit seed from the model and the conversation (any JSON value;
+    order-insensitive keys)."""
     blob = orjson.dumps([model, messages], option=orjson.OPT_SORT_KEYS)
     return int.from_bytes(hashlib.blake2b(blob, digest_size=8).digest(), "big")
 
@@ -82,60 +80,28 @@ def message_text(message: Any) -> tuple[str, int]:
     return "".join(texts), images
 
 
-def count_prompt_tokens(messages: list[Any]) -> int:
-    """3 + sum(4 + ceil(utf8_bytes/4) + 85 per image) over the messages.
+def count_units(units: Iterable[tuple[str, int]]) -> int:
+    """3 + sum(4 + ceil(utf8_bytes/4) + 85 per image) over (text, images) units, one unit per
+    message (and one for a separate system prompt): the prompt count of every chat dialect.
 
     Invariant relied on by the gateway's pre-authorisation:
-    result <= utf8_bytes(all text) + 16*len(messages) + 64 + 6000*images.
+    result <= utf8_bytes(all text) + 16*units + 64 + 6000*images.
     """
     total = 3
-    for message in messages:
-        text, images = message_text(message)
+    for text, images in units:
         nbytes = len(text.encode("utf-8"))
         total += 4 + (nbytes + 3) // 4 + 85 * images
     return total
 
 
-@dataclass(slots=True)
-class Generation:
-    """What the simulated model produces for one request, decided up front."""
-
-    reasoning: list[str]
-    content: list[str]
-    finish_reason: str
-    usage: dict[str, Any] | None  # None when the `usage=false` control is set
+def count_prompt_tokens(messages: list[Any]) -> int:
+    """The prompt count of OpenAI chat `messages` (see count_units)."""
+    return count_units(message_text(m) for m in messages)
 
 
-def generate(model: str, messages: list[Any], cap: int | None, ctl: Controls) -> Generation:
-    """Apply output_tokens/reasoning_tokens and the max-tokens cap; count usage."""
-    seed = seed_for(model, messages)
-    want_out = default_length(seed) if ctl.output_tokens is None else ctl.output_tokens
-    want_reason = ctl.reasoning_tokens
-    n_reason, n_out = want_reason, want_out
-    if cap is not None:
-        # Like OpenAI's reasoning models, the cap covers reasoning + visible output.
-        n_reason = min(want_reason, cap)
-        n_out = min(want_out, cap - n_reason)
-    finish = "length" if n_reason + n_out < want_reason + want_out else "stop"
-    usage = None
-    if ctl.usage:
-        prompt = count_prompt_tokens(messages) if ctl.prompt_tokens is None else ctl.prompt_tokens
-        completion = n_reason + n_out
-        usage = {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": min(ctl.cached_tokens, prompt), "audio_tokens": 0},
-            "completion_tokens_details": {
-                "reasoning_tokens": n_reason,
-                "audio_tokens": 0,
-                "accepted_prediction_tokens": 0,
-                "rejected_prediction_tokens": 0,
-            },
-        }
-    return Generation(
-        reasoning=words(seed, n_reason, reasoning=True),
-        content=words(seed, n_out),
-        finish_reason=finish,
-        usage=usage,
-    )
+def count_raw_tokens(prompt: str | list[int]) -> int:
+    """Tokens of a bare prompt (legacy completions, embeddings): ceil(utf8_bytes/4) for text,
+    the length for an already tokenized prompt; no per-message overhead."""
+    if isinstance(prompt, str):
+        return (len(prompt.encode("utf-8")) + 3) // 4
+    return len(prompt)
