@@ -25,7 +25,8 @@ READY_S = 30
 
 # A provider whose every answer is a 503 (the simulator's URL-prefix control), a model
 # only it serves, and a model it serves more cheaply than the working simulator, so the
-# router tries it first and must fail over.
+# router tries it first and must fail over; likewise an Anthropic endpoint that is always
+# overloaded (529) in front of a Gemini one, to fail over across dialects.
 BROKEN = """
 [providers.sim-broken]
 name = "Broken Simulator"
@@ -62,6 +63,31 @@ provider = "sim"
 model = "sim-small"
 max_completion_tokens = 16384
 pricing = {{ prompt = "0.00000015", completion = "0.0000006" }}
+
+[providers.sim-overloaded-anthropic]
+name = "Overloaded Anthropic"
+dialect = "anthropic"
+base_url = "{sim}/_sim/status=529"
+api_key = "none"
+trains_on_prompts = false
+retains_prompts = false
+
+[[models]]
+id = "sim/claude-or-gemini"
+name = "Simulated: an overloaded Anthropic endpoint, then a Gemini one"
+context_length = 128000
+
+[[models.endpoints]]
+provider = "sim-overloaded-anthropic"
+model = "sim-claude"
+max_completion_tokens = 16384
+pricing = {{ prompt = "0.0000001", completion = "0.0000004" }}
+
+[[models.endpoints]]
+provider = "sim-google"
+model = "sim-gemini"
+max_completion_tokens = 16384
+pricing = {{ prompt = "0.0000003", completion = "0.0000025" }}
 """
 
 

@@ -11,6 +11,7 @@ import base64
 import json
 from decimal import Decimal
 
+import openai
 import pytest
 
 from tests.e2e.conftest import client
@@ -181,3 +182,75 @@ def test_cache_reads_are_billed_at_the_cache_price(funded, model):
     record = check_billed(gw, org, key, model, completion.id, completion.usage, before)
     assert record["native_tokens_cached"] == 100
     assert Decimal(str(record["cache_discount"])) > 0 or writes
+
+
+# ---------------------------------------------------------------- upstream errors, per dialect
+
+# (directive, status the client gets, error_type, provider_code per model)
+ERRORS = [
+    ("status=529", 503, "provider_overloaded", {"sim/claude": "overloaded_error"}),
+    ("status=503", 503, "provider_overloaded", {"sim/small": None, "sim/gemini": "UNAVAILABLE"}),
+    ("status=429 retry_after=4", 429, "rate_limit_exceeded",
+     {"sim/small": "rate_limit_exceeded", "sim/claude": "rate_limit_error", "sim/gemini": "RESOURCE_EXHAUSTED"}),
+    ("status=400", 400, "invalid_request",
+     {"sim/small": None, "sim/claude": "invalid_request_error", "sim/gemini": "INVALID_ARGUMENT"}),
+    ("context_length=10", 400, "context_length_exceeded",
+     {"sim/small": "context_length_exceeded", "sim/claude": "invalid_request_error", "sim/gemini": "INVALID_ARGUMENT"}),
+    ("status=401", 502, "authentication",
+     {"sim/small": "invalid_api_key", "sim/claude": "authentication_error", "sim/gemini": "UNAUTHENTICATED"}),
+    ("status=500", 502, "provider_unavailable", {"sim/small": None, "sim/claude": "api_error", "sim/gemini": "INTERNAL"}),
+]
+CASES = [(d, s, t, m, code) for d, s, t, codes in ERRORS for m, code in codes.items()]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(("directive", "status", "error_type", "model", "code"), CASES)
+def test_upstream_errors_become_openrouter_errors(funded, directive, status, error_type, model, code, stream):
+    gw, org, key = funded
+    before = gw.balance(org)
+    body = {"model": model, "stream": stream,
+            "messages": [{"role": "user", "content": f"A question of some length [[sim {directive}]]"}]}
+    got, data, headers = http("POST", f"{gw.api}/chat/completions", body, key=key)
+    assert got == status, data
+    error = data["error"]
+    assert error["code"] == status and error["metadata"]["error_type"] == error_type
+    assert error["metadata"]["provider_name"] == PROVIDERS[model]
+    assert error["metadata"].get("provider_code") == code
+    assert error["metadata"]["raw"]  # the upstream's own body, for debugging
+    if status == 429:
+        assert {k.lower(): v for k, v in headers.items()}["retry-after"] == "4"
+    assert gw.balance(org) == before
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_a_mid_stream_upstream_error_ends_the_stream_and_bills_what_was_sent(funded, model):
+    gw, org, key = funded
+    before = gw.balance(org)
+    messages = [{"role": "user", "content": "Go on [[sim fail_after=3 output_tokens=10]]"}]
+    stream = client(gw, key).chat.completions.create(model=model, messages=messages, stream=True)
+    received = []
+    with pytest.raises(openai.APIError) as caught:  # the SDK raises on the final error chunk
+        for chunk in stream:
+            received.append(chunk)
+    assert caught.value.body["metadata"]["error_type"] in ("provider_overloaded", "provider_unavailable")
+    assert caught.value.body["metadata"]["provider_name"] == PROVIDERS[model]
+    text = "".join(c.choices[0].delta.content or "" for c in received if c.choices)
+    assert len(text.split()) == 3
+    record = generation(gw, key, received[0].id)
+    assert record["finish_reason"] == "error" and record["tokens_completion"] == 3
+    assert Decimal(str(record["total_cost"])) > 0
+    assert gw.balance(org) == before - Decimal(str(record["total_cost"]))
+
+
+def test_an_overloaded_anthropic_endpoint_fails_over_to_the_next(make_gateway, sim_url):
+    """Retryable errors from any dialect move on: an Anthropic endpoint answering 529 is
+    followed by a Gemini one serving the same model."""
+    gw = make_gateway()
+    gw.org("fo", "5.00")
+    key, _ = gw.key("fo")
+    completion = client(gw, key).chat.completions.create(
+        model="sim/claude-or-gemini", messages=[{"role": "user", "content": "Hello"}])
+    assert completion.model_extra["provider"] == "Farebox Simulator (Gemini)"
+    attempts = generation(gw, key, completion.id)["provider_responses"]
+    assert [(a["provider_name"], a["status"]) for a in attempts] == [
+        ("Overloaded Anthropic", 503), ("Farebox Simulator (Gemini)", 200)]
