@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from farebox.api import anthropic_reply as reply
 from farebox.api import anthropic_wire as wire
 from farebox.api import chat
 from farebox.api.errors import error_headers
@@ -26,13 +27,13 @@ from farebox.tenancy.records import KeyRecord
 if TYPE_CHECKING:
     from farebox.app import Gateway
 
-PING = wire.sse([wire.PING])
+PING = reply.sse([reply.PING])
 
 
 def error_response(error: FareboxError) -> Response:
     metadata = dict(error.metadata)
     metadata.setdefault("error_type", error.error_type)
-    body = wire.error_body(error.status, error.message, metadata)
+    body = reply.error_body(error.status, error.message, metadata)
     return Response(error.status, orjson.dumps(body), JSON_HEADERS + error_headers(error))
 
 
@@ -72,9 +73,9 @@ class Messages:
         request_id = [(b"request-id", request.gen_id.encode())]
         stop = body.get("stop")
         if not request.stream:
-            reply = await gw.relay.complete(request)
+            answer = await gw.relay.complete(request)
             headers = JSON_HEADERS + [(b"x-generation-id", request.gen_id.encode())] + request_id
-            return Response(200, orjson.dumps(wire.message_from_chat(reply, stop)), headers)
+            return Response(200, orjson.dumps(reply.message_from_chat(answer, stop)), headers)
         await chat.stream_to_client(gw, req, request, MessagesSink(req.send, request.gen_id, stop, request_id))
         return None
 
@@ -96,7 +97,7 @@ class MessagesSink(chat.SseSink):
     def __init__(self, send: Callable[..., Any], gen_id: str, stop: list[str] | None,
                  headers: list[tuple[bytes, bytes]]) -> None:
         super().__init__(send, gen_id, headers)
-        self.encoder = wire.StreamEncoder(gen_id, stop)
+        self.encoder = reply.StreamEncoder(gen_id, stop)
 
     async def keepalive(self) -> None:
         await self._write(PING)
@@ -104,10 +105,10 @@ class MessagesSink(chat.SseSink):
     async def chunk(self, chunk: dict[str, Any]) -> None:
         events = self.encoder.chunk(chunk)
         if events:
-            await self._write(wire.sse(events))
+            await self._write(reply.sse(events))
 
     async def finish(self, chunk: dict[str, Any]) -> None:
-        await self._write(wire.sse(self.encoder.finish(chunk)), more=False)
+        await self._write(reply.sse(self.encoder.finish(chunk)), more=False)
 
     async def fail(self, chunk: dict[str, Any]) -> None:
-        await self._write(wire.sse(self.encoder.fail(chunk)), more=False)
+        await self._write(reply.sse(self.encoder.fail(chunk)), more=False)

@@ -10,6 +10,7 @@ import anthropic.types
 import pytest
 from pydantic import TypeAdapter
 
+from farebox.api import anthropic_reply as reply
 from farebox.api import anthropic_wire as wire
 from farebox.api.validate import validate_chat
 from farebox.catalog.load import load_catalog
@@ -264,7 +265,7 @@ def completion(message: dict[str, Any], finish: str = "stop", native: str | None
 
 
 def message(body: dict[str, Any], stop: list[str] | None = None) -> dict[str, Any]:
-    out = wire.message_from_chat(body, stop)
+    out = reply.message_from_chat(body, stop)
     anthropic.types.Message.model_validate(out)
     return out
 
@@ -326,7 +327,7 @@ def test_a_refusal_without_content_is_the_text():
     ("length", "model_context_window_exceeded", "model_context_window_exceeded"),
 ])
 def test_stop_reasons(finish, native, reason):
-    assert wire.stop_reason(finish, native) == reason
+    assert reply.stop_reason(finish, native) == reason
 
 
 def test_the_matched_stop_sequence_is_known_when_only_one_was_given():
@@ -351,7 +352,7 @@ FINAL = {"id": "gen-1", "model": "sim/large", "object": "chat.completion.chunk",
 
 def run(chunks: list[dict[str, Any]], stop: list[str] | None = None,
         final: dict[str, Any] | None = None) -> list[tuple[str, dict[str, Any]]]:
-    encoder = wire.StreamEncoder("gen-1", stop)
+    encoder = reply.StreamEncoder("gen-1", stop)
     events = [e for c in chunks for e in encoder.chunk(c)] + encoder.finish(final or FINAL)
     for name, data in events:
         assert EVENT.validate_python(data).type == name == data["type"]
@@ -391,7 +392,7 @@ def test_a_text_stream():
 
 
 def test_events_go_out_as_each_chunk_arrives():
-    encoder = wire.StreamEncoder("gen-1", None)
+    encoder = reply.StreamEncoder("gen-1", None)
     assert [n for n, _ in encoder.chunk(chunk({"role": "assistant", "content": ""}))] == ["message_start"]
     assert encoder.chunk(chunk({"role": "assistant"})) == []
     assert [n for n, _ in encoder.chunk(chunk({"content": "a"}))] == ["content_block_start", "content_block_delta"]
@@ -469,7 +470,7 @@ def test_length_stop_sequence_and_an_empty_stream():
 
 
 def test_a_mid_stream_error_is_an_error_event():
-    encoder = wire.StreamEncoder("gen-1", None)
+    encoder = reply.StreamEncoder("gen-1", None)
     encoder.chunk(chunk({"content": "a"}))
     error = {"code": 502, "message": "Provider returned error",
              "metadata": {"error_type": "provider_unavailable", "provider_name": "Sim"}}
@@ -479,7 +480,7 @@ def test_a_mid_stream_error_is_an_error_event():
 
 
 def test_sse_framing():
-    assert wire.sse([wire.PING, ("message_stop", {"type": "message_stop"})]) == (
+    assert reply.sse([reply.PING, ("message_stop", {"type": "message_stop"})]) == (
         b'event: ping\ndata: {"type":"ping"}\n\nevent: message_stop\ndata: {"type":"message_stop"}\n\n')
 
 
@@ -492,13 +493,13 @@ def test_sse_framing():
     (502, "api_error"), (503, "overloaded_error"), (504, "timeout_error"),
 ])
 def test_error_types_by_status(status, kind):
-    assert wire.error_type(status) == kind
+    assert reply.error_type(status) == kind
 
 
 def test_error_body_keeps_openrouter_error_type_and_metadata():
-    assert wire.error_body(400, "max_tokens: is required", {"error_type": "invalid_request", "field": "max_tokens"}) == {
+    assert reply.error_body(400, "max_tokens: is required", {"error_type": "invalid_request", "field": "max_tokens"}) == {
         "type": "error", "error": {"type": "invalid_request_error", "message": "max_tokens: is required",
                                    "error_type": "invalid_request", "metadata": {"field": "max_tokens"}}}
-    assert wire.error_body(401, "User not found.", {"error_type": "authentication"}) == {
+    assert reply.error_body(401, "User not found.", {"error_type": "authentication"}) == {
         "type": "error", "error": {"type": "authentication_error", "message": "User not found.",
                                    "error_type": "authentication"}}
