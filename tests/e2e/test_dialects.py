@@ -254,3 +254,28 @@ def test_an_overloaded_anthropic_endpoint_fails_over_to_the_next(make_gateway, s
     attempts = generation(gw, key, completion.id)["provider_responses"]
     assert [(a["provider_name"], a["status"]) for a in attempts] == [
         ("Overloaded Anthropic", 503), ("Farebox Simulator (Gemini)", 200)]
+
+
+def test_claude_thinking_survives_an_openai_client_tool_loop(funded):
+    """The OpenAI-shaped client gets Claude's signed thinking as reasoning_details and sends
+    it back unchanged; the Anthropic upstream refuses the next turn otherwise."""
+    gw, _, key = funded
+    api = client(gw, key)
+    messages = [{"role": "user", "content": "Weather in Rome? [[sim reasoning_tokens=6]]"}]
+    kwargs = {"model": "sim/claude", "tools": [WEATHER], "max_tokens": 4000,
+              "extra_body": {"reasoning": {"max_tokens": 2048}}}
+    first = api.chat.completions.create(messages=messages, **kwargs).choices[0]
+    assert first.finish_reason == "tool_calls"
+    details = first.message.model_extra["reasoning_details"]
+    assert details[0]["type"] == "reasoning.text" and details[0]["signature"]
+    call = first.message.tool_calls[0]
+    turn = {"role": "assistant", "content": first.message.content, "reasoning_details": details,
+            "tool_calls": [{"id": call.id, "type": "function",
+                            "function": {"name": call.function.name, "arguments": call.function.arguments}}]}
+    result = {"role": "tool", "tool_call_id": call.id, "content": "21C"}
+    second = api.chat.completions.create(messages=[*messages, turn, result], **kwargs)
+    assert second.choices[0].finish_reason == "stop"
+    # Without the signed thinking the upstream answers 400, as Anthropic does.
+    with pytest.raises(openai.BadRequestError, match="thinking"):
+        api.chat.completions.create(messages=[*messages, {k: v for k, v in turn.items() if k != "reasoning_details"},
+                                              result], **kwargs)

@@ -44,14 +44,19 @@ def assert_anthropic_error(body: Any, kind: str) -> dict[str, Any]:
     return error
 
 
-def test_a_message_and_its_exact_charge(funded):
+# Whatever dialect the upstream speaks: OpenAI, Anthropic or Gemini.
+UPSTREAMS = ["sim/small", "sim/claude", "sim/gemini"]
+
+
+@pytest.mark.parametrize("model", UPSTREAMS)
+def test_a_message_and_its_exact_charge(funded, model):
     gw, org, key = funded
     before = gw.balance(org)
-    raw = client(gw, key).messages.with_raw_response.create(model="sim/small", max_tokens=200, messages=MSG)
+    raw = client(gw, key).messages.with_raw_response.create(model=model, max_tokens=200, messages=MSG)
     message = raw.parse()
     assert message.id.startswith("gen-") and raw.headers["x-generation-id"] == message.id
     assert raw.headers["request-id"] == message.id
-    assert (message.type, message.role, message.model) == ("message", "assistant", "sim/small")
+    assert (message.type, message.role, message.model) == ("message", "assistant", model)
     assert [b.type for b in message.content] == ["text"] and message.content[0].text
     assert message.stop_reason == "end_turn" and message.stop_sequence is None
     record = generation(gw, key, message.id)
@@ -116,26 +121,51 @@ def test_reasoning_arrives_as_thinking_blocks(funded, stream):
     assert message.usage.output_tokens_details.thinking_tokens == 4
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_claude_thinking_keeps_its_signature_through_a_tool_loop(funded, stream):
+    """Anthropic in, Anthropic upstream: thinking blocks come back signed, and sent back
+    on the next turn they reach the upstream unchanged (it would refuse a tool loop
+    without them)."""
+    gw, _, key = funded
+    sdk = client(gw, key)
+    ask = [{"role": "user", "content": "Weather in Oslo? [[sim reasoning_tokens=5]]"}]
+    kwargs = {"model": "sim/claude", "max_tokens": 3000, "tools": [WEATHER],
+              "thinking": {"type": "enabled", "budget_tokens": 1024}}
+    if stream:
+        with sdk.messages.stream(messages=ask, **kwargs) as s:
+            first = s.get_final_message()
+    else:
+        first = sdk.messages.create(messages=ask, **kwargs)
+    assert first.content[0].type == "thinking" and first.content[0].signature
+    assert first.stop_reason == "tool_use"
+    call = next(b for b in first.content if b.type == "tool_use")
+    answer = sdk.messages.create(messages=[
+        *ask, {"role": "assistant", "content": first.content},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "-2C"}]}], **kwargs)
+    assert answer.stop_reason == "end_turn" and answer.content[-1].type == "text"
+
+
 WEATHER = {"name": "get_weather", "description": "Current weather in a city",
            "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
 
 
+@pytest.mark.parametrize("model", UPSTREAMS)
 @pytest.mark.parametrize("stream", [False, True])
-def test_a_tool_use_round_trip(funded, stream):
+def test_a_tool_use_round_trip(funded, stream, model):
     gw, org, key = funded
     before = gw.balance(org)
     sdk = client(gw, key)
     ask = [{"role": "user", "content": "What is the weather in Paris?"}]
     if stream:
-        with sdk.messages.stream(model="sim/small", max_tokens=300, tools=[WEATHER], messages=ask) as s:
+        with sdk.messages.stream(model=model, max_tokens=300, tools=[WEATHER], messages=ask) as s:
             first = s.get_final_message()
     else:
-        first = sdk.messages.create(model="sim/small", max_tokens=300, tools=[WEATHER], messages=ask)
+        first = sdk.messages.create(model=model, max_tokens=300, tools=[WEATHER], messages=ask)
     assert first.stop_reason == "tool_use"
     calls = [b for b in first.content if b.type == "tool_use"]
     assert len(calls) == 1 and calls[0].name == "get_weather"
     assert isinstance(calls[0].input, dict) and isinstance(calls[0].input.get("city"), str)
-    answer = sdk.messages.create(model="sim/small", max_tokens=300, tools=[WEATHER], messages=[
+    answer = sdk.messages.create(model=model, max_tokens=300, tools=[WEATHER], messages=[
         *ask, {"role": "assistant", "content": first.content},
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": calls[0].id, "content": "18C, sunny"}]}])
     assert answer.stop_reason == "end_turn" and answer.content[-1].type == "text"

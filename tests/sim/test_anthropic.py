@@ -388,3 +388,24 @@ def test_stats_count_messages_streams(base: str) -> None:
     assert after["requests"] == before["requests"] + 2
     assert after["streams_started"] == before["streams_started"] + 1
     assert after["streams_completed"] == before["streams_completed"] + 1
+
+
+def test_thinking_with_tools_requires_the_signed_thinking_block_back():
+    """Anthropic refuses a tool loop whose last assistant turn lost its thinking block or
+    changed it; the simulator does too, so the gateway's round trip is really checked."""
+    from farebox.sim.anthropic import _problem, signature
+
+    call = {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}}
+    result = {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "ok"}]}
+
+    def body(assistant_content):
+        return {"model": "m", "max_tokens": 100, "thinking": {"type": "enabled", "budget_tokens": 50},
+                "messages": [{"role": "user", "content": "q"},
+                             {"role": "assistant", "content": assistant_content}, result]}
+
+    good = {"type": "thinking", "thinking": "hm", "signature": signature("hm")}
+    assert _problem(body([good, call])) is None
+    assert "must start with a thinking block" in _problem(body([call]))
+    assert "Invalid `signature`" in _problem(body([{**good, "signature": ""}, call]))
+    assert "Invalid `signature`" in _problem(body([{**good, "thinking": "changed"}, call]))
+    assert _problem({**body([call]), "thinking": {"type": "disabled"}}) is None

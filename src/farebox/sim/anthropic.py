@@ -105,7 +105,32 @@ def _problem(body: Any) -> str | None:
         return "tools: Input should be a valid list"
     if body.get("tool_choice") is not None and not isinstance(body["tool_choice"], dict):
         return "tool_choice: Input should be a valid dictionary"
-    return _thinking_problem(body.get("thinking"), body["max_tokens"])
+    return _thinking_problem(body.get("thinking"), body["max_tokens"]) or _signature_problem(body)
+
+
+def _signature_problem(body: dict[str, Any]) -> str | None:
+    """Anthropic's rule for extended thinking with tools: the last assistant turn, when it
+    called a tool, must be sent back starting with its thinking block, signature intact."""
+    thinking = body.get("thinking")
+    if not isinstance(thinking, dict) or thinking.get("type") != "enabled":
+        return None
+    turns = [(i, m) for i, m in enumerate(body["messages"]) if m.get("role") == "assistant"]
+    if not turns or not isinstance(turns[-1][1]["content"], list):
+        return None
+    i, last = turns[-1]
+    blocks = [b for b in last["content"] if isinstance(b, dict)]
+    if not any(b.get("type") == "tool_use" for b in blocks):
+        return None
+    first = blocks[0] if blocks else {}
+    if first.get("type") == "redacted_thinking":
+        return None
+    if first.get("type") != "thinking":
+        return (f"messages.{i}.content.0.type: Expected `thinking` or `redacted_thinking`, but found "
+                f"`{first.get('type')}`. When `thinking` is enabled, a final `assistant` message must start "
+                "with a thinking block.")
+    if first.get("signature") != signature(str(first.get("thinking", ""))):
+        return f"messages.{i}.content.0: Invalid `signature` in `thinking` block"
+    return None
 
 
 def _thinking_problem(thinking: Any, max_tokens: int) -> str | None:
