@@ -8,11 +8,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
-from farebox.catalog.model import Catalog, Endpoint
+from farebox.catalog.model import SUPPORTED_PARAMETERS, Catalog, Endpoint
 from farebox.clock import Clock
 from farebox.errors import BadRequest, FareboxError, Forbidden, InsufficientCredits, UpstreamTimeout
 from farebox.ledger.book import Hold, Settlement, Shortfall
@@ -28,10 +29,15 @@ from farebox.ledger.pricing import (
     estimate_text_tokens,
     is_insured,
     max_cost,
+    measure_prompt,
 )
 from farebox.money import round_up_to_nanos, usd_json
 from farebox.providers.base import Call, Dialect, Reply, UpstreamStream, normalize_finish
-from farebox.routing.plan import plan
+from farebox.routing.health import Health
+from farebox.routing.middle_out import compress, wants_middle_out
+from farebox.routing.plan import Need, plan
+from farebox.routing.preferences import Preferences, parse_preferences
+from farebox.routing.sticky import Sticky, conversation_key
 from farebox.settings import Settings
 from farebox.tenancy.records import KeyRecord, Organization
 
@@ -55,6 +61,7 @@ class ChatRequest:
     title: str | None = None
     user_agent: str | None = None
     api: str = "chat"         # providers.base.APIS: chat, completion (legacy) or embedding
+    sticky_key: tuple[int, str, str] | None = None  # set by planning when stickiness applies
 
 
 class Sink(Protocol):
@@ -82,6 +89,7 @@ class Outcome:
     first_token_at: float | None
     cancelled: bool = False
     attempts: list[dict[str, Any]] = field(default_factory=list)
+    attempt_started: float | None = None   # when the serving attempt began (monotonic)
 
 
 class ClientGone(Exception):
@@ -97,6 +105,7 @@ class _Served(Generic[T]):
     hold: Hold
     result: T
     attempts: list[dict[str, Any]]
+    started: float
 
 
 class _Abandoned(Exception):
@@ -143,9 +152,13 @@ def _native_finish(choice: dict[str, Any]) -> str | None:
 
 class Relay:
     def __init__(self, *, catalog: Catalog, dialects: dict[str, Dialect], ledger: Ledger,
-                 settings: Settings, clock: Clock) -> None:
+                 settings: Settings, clock: Clock, rng: random.Random | None = None) -> None:
         self.catalog, self.dialects, self.ledger = catalog, dialects, ledger
         self.settings, self.clock = settings, clock
+        self.rng = rng or random.Random()
+        self.health = Health(clock, outage_window_s=settings.health_outage_window_s,
+                             outage_failures=settings.health_outage_failures, cooldown_s=settings.health_cooldown_s)
+        self.sticky = Sticky(clock, idle_s=settings.sticky_idle_s, entries_max=settings.sticky_entries_max)
 
     # -- planning and holds ----------------------------------------------------------
     def routable(self, endpoint: Endpoint, api: str = "chat") -> str | None:
@@ -166,8 +179,48 @@ class Relay:
                 raise BadRequest(f"{model_id} is an embedding model: use POST /api/v1/embeddings"
                                  if req.api != "embedding" else
                                  f"{model_id} is not an embedding model", field="model")
-        return plan(self.catalog, req.models, max_tokens=req.max_tokens,
-                    routable=lambda endpoint: self.routable(endpoint, req.api), attempts_max=self.settings.attempts_max)
+        prefs = parse_preferences(req.body.get("provider"))
+        if not prefs.order and req.api == "chat":
+            conversation = conversation_key(req.body)
+            if conversation is not None:
+                req.sticky_key = (req.org.id, req.models[0], conversation)
+        try:
+            return self._route(req, prefs)
+        except BadRequest as refused:
+            # Too long for every endpoint: compress from the middle when the request (or the
+            # small context of the endpoints) asks for it, then route again.
+            if refused.error_type != "context_length_exceeded" or not self._middle_out(req):
+                raise
+            return self._route(req, prefs)
+
+    def _route(self, req: ChatRequest, prefs: Preferences) -> list[Endpoint]:
+        body = req.body
+        need = Need(prompt_tokens=req.prompt.estimate(), max_tokens=req.max_tokens,
+                    parameters=frozenset(k for k in SUPPORTED_PARAMETERS if body.get(k) is not None),
+                    tools=bool(body.get("tools")), response_format=bool(body.get("response_format")))
+        sticky = self.sticky.get(req.sticky_key) if req.sticky_key is not None else None
+        return plan(self.catalog, req.models, need, prefs=prefs, health=self.health, rng=self.rng,
+                    routable=lambda endpoint: self.routable(endpoint, req.api),
+                    attempts_max=self.settings.attempts_max, sticky=sticky).endpoints
+
+    def _middle_out(self, req: ChatRequest) -> bool:
+        """Compress the prompt to fit the largest context among the requested models' endpoints;
+        False when middle-out is off or cannot make it fit."""
+        messages = req.body.get("messages")
+        contexts = [e.context_length for m in req.models if (model := self.catalog.model(m)) is not None
+                    for e in model.endpoints]
+        if not isinstance(messages, list) or not contexts:
+            return False
+        largest = max(contexts)
+        if not wants_middle_out(req.body, largest):
+            return False
+        budget = largest - (req.max_tokens or 0)
+        compressed = compress(messages, budget)
+        if compressed is messages or measure_prompt({"messages": compressed}).estimate() > budget:
+            return False
+        req.body["messages"] = compressed
+        req.prompt = measure_prompt(req.body)
+        return True
 
     def _bound(self, req: ChatRequest, endpoint: Endpoint) -> tuple[int, int]:
         s = self.settings
@@ -231,7 +284,14 @@ class Relay:
                 shortfall = shortfall or (s, endpoint)
                 continue
             started = self.clock.monotonic()
-            call = Call(endpoint, req.body, self.catalog.credential(endpoint.provider) or "", user_tag, req.api)
+            budget = self.settings.attempts_timeout_s - (started - req.started)
+            if budget <= 0:
+                error = error or UpstreamTimeout(
+                    f"No endpoint answered within attempts_timeout_s ({self.settings.attempts_timeout_s}s)",
+                    provider_name=endpoint.provider.name)
+                break
+            call = Call(endpoint, req.body, self.catalog.credential(endpoint.provider) or "", user_tag, req.api,
+                        budget)
             try:
                 result, upstream_id = await attempt(call)
             except ClientGone:
@@ -239,12 +299,13 @@ class Relay:
                 raise _Abandoned(endpoint, hold, attempts) from None
             except FareboxError as e:
                 attempts.append(self._attempt(endpoint, e.status, started, None))
+                self._observe_failure(endpoint, e)
                 error = e
                 if not e.failover:
                     break
                 continue
             attempts.append(self._attempt(endpoint, 200, started, upstream_id))
-            return _Served(endpoint, hold, result, attempts)
+            return _Served(endpoint, hold, result, attempts, started)
         if hold is not None:
             self.ledger.book.release(hold)
         if error is not None:
@@ -255,17 +316,24 @@ class Relay:
     # -- non-streaming -------------------------------------------------------------
     async def complete(self, req: ChatRequest) -> dict[str, Any]:
         async def attempt(call: Call) -> tuple[Reply, str | None]:
-            reply = await self.dialects[call.endpoint.provider.dialect].complete(call)
+            assert call.budget_s is not None
+            try:
+                # A whole answer is its first byte: the attempt budget bounds all of it.
+                async with asyncio.timeout(min(call.budget_s, self.settings.upstream_timeout_s)):
+                    reply = await self.dialects[call.endpoint.provider.dialect].complete(call)
+            except TimeoutError:
+                raise UpstreamTimeout(f"{call.endpoint.provider.name} did not answer in time",
+                                      provider_name=call.endpoint.provider.name) from None
             return reply, reply.upstream_id
 
         served = await self._attempts(req, attempt)
         reply = served.result
         return await self._complete_reply(req, served.hold, served.endpoint, reply.body, reply.usage,
-                                          reply.upstream_id, served.attempts)
+                                          reply.upstream_id, served.attempts, served.started)
 
     async def _complete_reply(self, req: ChatRequest, hold: Hold, endpoint: Endpoint, body: dict[str, Any],
                               usage: Usage | None, upstream_id: str | None,
-                              attempts: list[dict[str, Any]]) -> dict[str, Any]:
+                              attempts: list[dict[str, Any]], started: float) -> dict[str, Any]:
         choices = body.get("choices") or ()  # embeddings have none
         native = finish = None
         for choice in choices:
@@ -280,7 +348,7 @@ class Relay:
                           estimated=True)
         usage.images = req.prompt.images
         outcome = Outcome(endpoint, usage, native, finish, upstream_id,
-                          self.clock.monotonic(), attempts=attempts)
+                          self.clock.monotonic(), attempts=attempts, attempt_started=started)
         cost, settlement = await self._settle(req, hold, outcome)
         body["id"] = req.gen_id
         body["provider"] = endpoint.provider.name
@@ -311,7 +379,8 @@ class Relay:
             await sink.fail(self._error_chunk(req, None, error))
             return
         upstream, held, ended = served.result
-        await self._relay_stream(req, served.hold, sink, served.endpoint, upstream, held, ended, served.attempts)
+        await self._relay_stream(req, served.hold, sink, served.endpoint, upstream, held, ended, served.attempts,
+                                 served.started)
 
     async def _open(self, call: Call, sink: Sink) -> tuple[UpstreamStream, list[dict[str, Any]], bool]:
         """Open the upstream stream and read up to its first chunk with choices, sending
@@ -342,7 +411,8 @@ class Relay:
         upstream: UpstreamStream | None = None
         held: list[dict[str, Any]] = []
         try:
-            async with asyncio.timeout(self.settings.upstream_first_byte_timeout_s):
+            assert call.budget_s is not None
+            async with asyncio.timeout(min(self.settings.upstream_first_byte_timeout_s, call.budget_s)):
                 upstream = await self.dialects[call.endpoint.provider.dialect].open_stream(call)
                 while True:
                     chunk = await upstream.next()
@@ -366,7 +436,7 @@ class Relay:
 
     async def _relay_stream(self, req: ChatRequest, hold: Hold, sink: Sink, endpoint: Endpoint,
                             upstream: UpstreamStream, held: list[dict[str, Any]], ended: bool,
-                            attempts: list[dict[str, Any]]) -> None:
+                            attempts: list[dict[str, Any]], started: float) -> None:
         sink.on_disconnect(upstream.close)
         provider_name = endpoint.provider.name
         tokens = 0
@@ -415,7 +485,7 @@ class Relay:
         if error is not None:
             finish = "error"
         outcome = Outcome(endpoint, usage, native, finish, upstream.upstream_id, first_token_at,
-                          cancelled=cancelled, attempts=attempts)
+                          cancelled=cancelled, attempts=attempts, attempt_started=started)
         try:
             cost, settlement = await self._settle(req, hold, outcome)
         except FareboxError as e:
@@ -441,6 +511,32 @@ class Relay:
                 "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "error",
                              "native_finish_reason": None}]}
 
+    # -- health and stickiness --------------------------------------------------------
+    def _observe_failure(self, endpoint: Endpoint, error: FareboxError) -> None:
+        """A failed attempt counts against the endpoint's health when it was the provider's
+        fault; the client's own mistakes (a 400) say nothing about the provider."""
+        if error.status == 429:
+            self.health.record(endpoint.id, "rate_limited")
+        elif error.failover:
+            self.health.record(endpoint.id, "error")
+
+    def _observe(self, req: ChatRequest, o: Outcome) -> None:
+        """The serving attempt's result: its health sample, and stickiness on success."""
+        if o.cancelled or o.attempt_started is None:
+            return  # the client left: nothing learned about the provider
+        if o.finish == "error":
+            self.health.record(o.endpoint.id, "error")
+            return
+        now = self.clock.monotonic()
+        ttft = o.first_token_at - o.attempt_started if req.stream and o.first_token_at is not None else None
+        since = o.first_token_at if req.stream and o.first_token_at is not None else o.attempt_started
+        elapsed = now - since
+        tokens = o.usage.completion_tokens
+        throughput = tokens / elapsed if tokens > 1 and elapsed > 0 else None
+        self.health.record(o.endpoint.id, "ok", ttft_s=ttft, tokens_per_s=throughput)
+        if req.sticky_key is not None:
+            self.sticky.served(req.sticky_key, o.endpoint, o.usage.cached_tokens > 0)
+
     # -- settlement ----------------------------------------------------------------
     async def _settle(self, req: ChatRequest, hold: Hold, outcome: Outcome) -> tuple[Cost, Settlement]:
         endpoint = outcome.endpoint
@@ -456,6 +552,7 @@ class Relay:
                         endpoint.provider.name, settlement.overrun, hold_amount)
         record = self._record(req, outcome, cost, settlement, hold_amount)
         await self.ledger.commit(settlement, req.key.cap, record)
+        self._observe(req, outcome)
         return cost, settlement
 
     def _record(self, req: ChatRequest, o: Outcome, cost: Cost, settlement: Settlement,

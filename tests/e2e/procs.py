@@ -27,6 +27,11 @@ READY_S = 30
 # only it serves, and a model it serves more cheaply than the working simulator, so the
 # router tries it first and must fail over; likewise an Anthropic endpoint that is always
 # overloaded (529) in front of a Gemini one, to fail over across dialects.
+# Fault injection (issue 4): providers that always fail, fail half the time, hang, answer
+# garbage or cut the stream before its first token, all cheaper than the one good endpoint.
+FAULTS = (("down", "status=503"), ("half", "fail_rate=0.5"), ("hang", "hang=1"), ("garbage", "garbage=1"),
+          ("cut", "cut_after=0"))
+
 BROKEN = """
 [providers.sim-broken]
 name = "Broken Simulator"
@@ -88,6 +93,31 @@ provider = "sim-google"
 model = "sim-gemini"
 max_completion_tokens = 16384
 pricing = {{ prompt = "0.0000003", completion = "0.0000025" }}
+""" + "".join(f"""
+[providers.sim-{name}]
+name = "Faulty: {name}"
+dialect = "openai"
+base_url = "{{sim}}/_sim/{control}/v1"
+api_key = "none"
+trains_on_prompts = false
+retains_prompts = false
+""" for name, control in FAULTS) + """
+[[models]]
+id = "sim/faulty"
+name = "Simulated: five faulty endpoints and one good one (the dearest)"
+context_length = 128000
+""" + "".join(f"""
+[[models.endpoints]]
+provider = "sim-{name}"
+model = "sim-small"
+max_completion_tokens = 16384
+pricing = {{{{ prompt = "0.0000001", completion = "0.0000004" }}}}
+""" for name, _ in FAULTS) + """
+[[models.endpoints]]
+provider = "sim"
+model = "sim-small"
+max_completion_tokens = 16384
+pricing = {{ prompt = "0.00000015", completion = "0.0000006" }}
 """
 
 

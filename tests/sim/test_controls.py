@@ -380,3 +380,11 @@ def test_stats_reset(base: str) -> None:
     assert status == 200 and json.loads(raw)["requests"] == 0
     current = stats(base)
     assert current["requests"] == 0 and current["streams_started"] == 0
+
+
+def test_fail_rate_is_parsed_and_bounded():
+    from farebox.sim.controls import ControlError, from_prefix
+
+    assert from_prefix("fail_rate=0.5") == {"fail_rate": 0.5}
+    with pytest.raises(ControlError):
+        from_prefix("fail_rate=1.5")

@@ -292,3 +292,14 @@ def test_run_prints_listening_line_and_stops_on_sigterm() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_fail_rate_fails_about_that_share_of_requests(base):
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    always = [post(f"{base}/_sim/fail_rate=1", body)[0] for _ in range(5)]
+    never = [post(f"{base}/_sim/fail_rate=0", body)[0] for _ in range(5)]
+    assert always == [503] * 5 and never == [200] * 5
+    assert {post(f"{base}/_sim/fail_rate=1,status=429", body)[0] for _ in range(3)} == {429}
+    half = [post(f"{base}/_sim/fail_rate=0.5", body)[0] for _ in range(200)]
+    # Binomial(200, 0.5): outside 60..140 has a probability below 1e-8.
+    assert 60 <= half.count(503) <= 140 and half.count(503) + half.count(200) == 200

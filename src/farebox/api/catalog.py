@@ -12,7 +12,8 @@ import orjson
 
 from farebox.api.http import JSON_HEADERS, Request, Response, json_response
 from farebox.catalog.model import Endpoint, Model
-from farebox.errors import NotFound
+from farebox.errors import FareboxError, NotFound
+from farebox.routing.health import EndpointStats
 
 if TYPE_CHECKING:
     from farebox.app import Gateway
@@ -39,16 +40,28 @@ def model_wire(model: Model, endpoints: list[Endpoint]) -> dict[str, Any]:
     }
 
 
-def endpoint_wire(endpoint: Endpoint, model: Model) -> dict[str, Any]:
+_STATUS = {"ok": 0, "unstable": -1, "outage": -2}
+
+
+def endpoint_wire(endpoint: Endpoint, model: Model, stats: EndpointStats, state: str,
+                  detailed: bool) -> dict[str, Any]:
+    """Section 2.4's PublicEndpoint. `status` is 0 when healthy, -1 when it failed in the
+    last 30 seconds and -2 while routing skips it as in outage. Latency (time to first
+    token, ms) and throughput (tokens/s) percentiles are shown to authenticated callers,
+    as OpenRouter does."""
     return {
         "name": f"{endpoint.provider.name} | {endpoint.upstream_model}", "model_id": model.id,
         "model_name": model.name, "provider_name": endpoint.provider.name, "tag": endpoint.provider.slug,
         "context_length": endpoint.context_length, "max_completion_tokens": endpoint.max_completion_tokens,
         "max_prompt_tokens": endpoint.context_length, "pricing": endpoint.pricing.wire(),
         "quantization": endpoint.quantization, "supported_parameters": sorted(endpoint.supported_parameters),
-        "supports_implicit_caching": endpoint.pricing.input_cache_read is not None, "status": 0,
-        "uptime_last_5m": None, "uptime_last_30m": None, "uptime_last_1d": None,
-        "latency_last_30m": None, "throughput_last_30m": None,
+        "supports_implicit_caching": endpoint.pricing.input_cache_read is not None, "status": _STATUS[state],
+        "uptime_last_5m": stats.uptime_5m, "uptime_last_30m": stats.uptime_30m, "uptime_last_1d": stats.uptime_1d,
+        "latency_last_30m": stats.latency_30m.wire() if detailed and stats.latency_30m else None,
+        "throughput_last_30m": stats.throughput_30m.wire() if detailed and stats.throughput_30m else None,
+        # Farebox addition: the provider's data policy, which routing's privacy filters read.
+        "data_policy": {"training": endpoint.provider.trains_on_prompts,
+                        "retains_prompts": endpoint.provider.retains_prompts},
     }
 
 
@@ -74,10 +87,24 @@ class ModelList:
 
     async def endpoints(self, gw: Gateway, req: Request) -> Response:
         model_id = f"{req.params['author']}/{req.params['slug']}"
+        detailed = _authenticated(gw, req)
+        health = gw.relay.health
         for model, endpoints, _ in self.models:
             if model.id == model_id:
                 return json_response({"data": {
                     "id": model.id, "name": model.name, "created": model.created,
                     "description": model.description, "architecture": _architecture(model),
-                    "endpoints": [endpoint_wire(e, model) for e in endpoints]}})
+                    "endpoints": [endpoint_wire(e, model, health.stats(e.id), health.state(e.id), detailed)
+                                  for e in endpoints]}})
         raise NotFound(f"Model {model_id!r} not found")
+
+
+def _authenticated(gw: Gateway, req: Request) -> bool:
+    header = req.header(b"authorization")
+    if not header:
+        return False
+    try:
+        gw.directory.authenticate(header, allow="any")
+    except FareboxError:
+        return False
+    return True

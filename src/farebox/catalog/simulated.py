@@ -5,13 +5,16 @@ from __future__ import annotations
 
 # Chat models: sim/claude and sim/gemini are served through the simulator's Anthropic and
 # Gemini dialects, so a demo (and the tests) cross every translation the gateway has.
-SIM_MODELS = ("sim/small", "sim/large", "sim/small:free", "sim/claude", "sim/gemini")
+SIM_MODELS = ("sim/small", "sim/large", "sim/small:free", "sim/claude", "sim/gemini", "sim/open")
 SIM_EMBEDDING_MODELS = ("sim/embed",)
 
 
 def sim_catalog(base_url: str, provider: str = "sim", name: str = "Farebox Simulator") -> str:
     """Catalog TOML for the simulator at `base_url` (e.g. http://127.0.0.1:8090/v1): one
-    provider per dialect the simulator speaks, at the paths the real APIs use."""
+    provider per dialect the simulator speaks, at the paths the real APIs use, and
+    `sim/open`, an open-weights-style model served by four simulated providers that differ in
+    price, speed, context, quantization, data policy and reliability (each provider's
+    behaviour is fixed by its base URL's `/_sim/...` prefix)."""
     root = base_url.removesuffix("/v1")
     params = ('["max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "seed", '
               '"response_format", "tools", "tool_choice", "frequency_penalty", "presence_penalty"]')
@@ -39,6 +42,30 @@ base_url = "{root}/v1beta"
 api_key = "none"
 trains_on_prompts = false
 retains_prompts = false
+
+[providers.{provider}-budget]
+name = "{name} (Budget)"
+dialect = "openai"
+base_url = "{root}/_sim/ttft_ms=120,tokens_per_s=400/v1"
+api_key = "none"
+trains_on_prompts = true
+retains_prompts = true
+
+[providers.{provider}-fast]
+name = "{name} (Fast)"
+dialect = "openai"
+base_url = "{root}/v1"
+api_key = "none"
+trains_on_prompts = false
+retains_prompts = false
+
+[providers.{provider}-flaky]
+name = "{name} (Flaky)"
+dialect = "openai"
+base_url = "{root}/_sim/fail_rate=0.5/v1"
+api_key = "none"
+trains_on_prompts = false
+retains_prompts = true
 
 [[models]]
 id = "sim/small"
@@ -131,4 +158,46 @@ model = "sim-gemini"
 max_completion_tokens = 65536
 supported_parameters = {params}
 pricing = {{ prompt = "0.0000003", completion = "0.0000025", input_cache_read = "0.00000003" }}
+
+[[models]]
+id = "sim/open"
+name = "Simulated: Open-weights model"
+description = "One model, four simulated providers: Budget (cheapest, slow, int8, 32K, trains on prompts), Flaky (fails half its requests), the main simulator (fp8), and Fast (dearest, bf16, zero retention)."
+created = 1767225600
+context_length = 131072
+tokenizer = "Llama3"
+
+[[models.endpoints]]
+provider = "{provider}-budget"
+model = "sim-open"
+context_length = 32768
+max_completion_tokens = 8192
+quantization = "int8"
+supported_parameters = ["max_tokens", "temperature", "top_p", "stop", "seed"]
+pricing = {{ prompt = "0.0000001", completion = "0.0000004" }}
+
+[[models.endpoints]]
+provider = "{provider}-flaky"
+model = "sim-open"
+context_length = 65536
+max_completion_tokens = 16384
+quantization = "fp8"
+supported_parameters = {params}
+pricing = {{ prompt = "0.00000015", completion = "0.0000006" }}
+
+[[models.endpoints]]
+provider = "{provider}"
+model = "sim-open"
+max_completion_tokens = 16384
+quantization = "fp8"
+supported_parameters = {params}
+pricing = {{ prompt = "0.0000002", completion = "0.0000008", input_cache_read = "0.00000005" }}
+
+[[models.endpoints]]
+provider = "{provider}-fast"
+model = "sim-open"
+max_completion_tokens = 32768
+quantization = "bf16"
+supported_parameters = {params}
+pricing = {{ prompt = "0.0000006", completion = "0.0000024", input_cache_read = "0.00000015" }}
 '''

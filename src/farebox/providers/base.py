@@ -46,6 +46,7 @@ class Call:
     credential: str            # "" when the provider needs none
     user_tag: str | None       # stable, hashed end-user id for the provider's abuse checks
     api: str = "chat"          # one of APIS
+    budget_s: float | None = None  # seconds this attempt may wait for its first byte (the request's budget left)
 
 
 @dataclass(slots=True)

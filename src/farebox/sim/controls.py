@@ -43,6 +43,7 @@ class Controls:
     context_length: int | None = None
     fail_after: int | None = None
     tool_call: bool = True
+    fail_rate: float = 0.0
 
 
 # name -> (kind, minimum, maximum). Upper bounds keep a typo from making the
@@ -65,6 +66,7 @@ _SPECS: dict[str, tuple[str, float, float]] = {
     "context_length": ("int", 1, 1 << 31),
     "fail_after": ("int", 0, _MAX_TOKENS),
     "tool_call": ("bool", 0, 1),
+    "fail_rate": ("num", 0, 1),
 }
 assert set(_SPECS) == {f.name for f in fields(Controls)}
 

@@ -9,6 +9,7 @@ whole (paced, garbled or cut) or streamed (paced, garbled, cut or failed).
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Protocol
 
@@ -96,6 +97,9 @@ async def _until_disconnected(request: web.Request) -> None:
         await asyncio.sleep(_HANG_POLL_S)
 
 
+_FLAKY = random.Random()
+
+
 def handler(dialect: Dialect, stats: Stats) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """The POST handler of one endpoint of `dialect`, counting into `stats`."""
 
@@ -106,6 +110,9 @@ def handler(dialect: Dialect, stats: Stats) -> Callable[[web.Request], Awaitable
         except Refusal as refusal:
             return refusal.response
         ctl = answer.ctl
+        if ctl.fail_rate:
+            # A flaky provider: this request fails with `status` (503 unless given) or is answered.
+            ctl.status = (ctl.status or 503) if _FLAKY.random() < ctl.fail_rate else None
         limit = ctl.context_length
         overflow = limit is not None and answer.prompt_tokens > limit
         streaming = answer.streaming and ctl.status is None and not overflow
