@@ -37,7 +37,7 @@ from farebox.routing.health import Health
 from farebox.routing.middle_out import compress, wants_middle_out
 from farebox.routing.plan import Need, plan
 from farebox.routing.preferences import Preferences, parse_preferences
-from farebox.routing.sticky import Sticky, conversation_key
+from farebox.routing.sticky import Sticky, caches, conversation_key
 from farebox.settings import Settings
 from farebox.tenancy.records import KeyRecord, Organization
 
@@ -159,6 +159,9 @@ class Relay:
         self.health = Health(clock, outage_window_s=settings.health_outage_window_s,
                              outage_failures=settings.health_outage_failures, cooldown_s=settings.health_cooldown_s)
         self.sticky = Sticky(clock, idle_s=settings.sticky_idle_s, entries_max=settings.sticky_entries_max)
+        # Stickiness pays only where some endpoint's cache reads are cheaper than its prompts;
+        # elsewhere the conversation key (a hash of the first messages) is not worth computing.
+        self._caching_models = frozenset(m.id for m in catalog.models.values() if any(caches(e) for e in m.endpoints))
 
     # -- planning and holds ----------------------------------------------------------
     def routable(self, endpoint: Endpoint, api: str = "chat") -> str | None:
@@ -180,7 +183,8 @@ class Relay:
                                  if req.api != "embedding" else
                                  f"{model_id} is not an embedding model", field="model")
         prefs = parse_preferences(req.body.get("provider"))
-        if not prefs.order and req.api == "chat":
+        if (not prefs.order and req.api == "chat"
+                and (req.models[0] in self._caching_models or req.models[0].partition(":")[0] in self._caching_models)):
             conversation = conversation_key(req.body)
             if conversation is not None:
                 req.sticky_key = (req.org.id, req.models[0], conversation)
