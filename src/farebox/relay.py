@@ -199,8 +199,9 @@ class Relay:
 
     def _route(self, req: ChatRequest, prefs: Preferences) -> list[Endpoint]:
         body = req.body
-        need = Need(prompt_tokens=req.prompt.estimate(), max_tokens=req.max_tokens,
-                    parameters=frozenset(k for k in SUPPORTED_PARAMETERS if body.get(k) is not None),
+        parameters = (frozenset(k for k in SUPPORTED_PARAMETERS if body.get(k) is not None)
+                      if prefs.require_parameters else frozenset())  # only that preference reads them
+        need = Need(prompt_tokens=req.prompt.estimate(), max_tokens=req.max_tokens, parameters=parameters,
                     tools=bool(body.get("tools")), response_format=bool(body.get("response_format")))
         sticky = self.sticky.get(req.sticky_key) if req.sticky_key is not None else None
         return plan(self.catalog, req.models, need, prefs=prefs, health=self.health, rng=self.rng,

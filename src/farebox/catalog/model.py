@@ -95,10 +95,10 @@ class Endpoint:
     pricing: Pricing
     quantization: str
     supported_parameters: frozenset[str]
+    id: str = field(init=False)  # provider slug / upstream model; computed once, read on every request
 
-    @property
-    def id(self) -> str:
-        return f"{self.provider.slug}/{self.upstream_model}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "id", f"{self.provider.slug}/{self.upstream_model}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -248,6 +248,11 @@ class Health:
         if endpoint is None:
             return "ok"
         now = self._clock.monotonic()
+        # The common case, read on every request: no error inside the window (plus one bucket
+        # of precision) means no outage and nothing unstable, without summing the buckets.
+        if not endpoint.in_outage and (endpoint.last_error_at is None or
+                                       now - endpoint.last_error_at > self._outage_width_s * (_OUTAGE_BUCKETS + 1)):
+            return "ok"
         if self._check_outage(endpoint, now):
             return "outage"
         _, err = endpoint.recent.totals(now, _OUTAGE_BUCKETS)

@@ -111,12 +111,30 @@ def plan(catalog: Catalog, model_ids: list[str], need: Need, *, prefs: Preferenc
 
 def _exclusion(endpoint: Endpoint, need: Need, prefs: Preferences, free_only: bool,
                routable: Callable[[Endpoint], str | None], health: Health | None) -> tuple[str, str] | None:
-    provider = endpoint.provider
     why = routable(endpoint)
     if why is not None:
         return "unroutable", why
     if free_only and not endpoint.pricing.is_free:
         return "free_only", "a :free request uses only free endpoints"
+    if prefs is not DEFAULT:
+        filtered = _preference_exclusion(endpoint, need, prefs)
+        if filtered is not None:
+            return filtered
+    if need.max_tokens is not None and need.max_tokens > endpoint.max_completion_tokens:
+        return "max_tokens", f"max_tokens {need.max_tokens} > its max_completion_tokens {endpoint.max_completion_tokens}"
+    wanted = need.prompt_tokens + (need.max_tokens or 0)
+    if wanted > endpoint.context_length:
+        return "context_length", (f"the prompt (about {need.prompt_tokens} tokens) plus max_tokens "
+                                  f"({need.max_tokens or 0}) exceed its context of {endpoint.context_length}")
+    # admit() hands out the one probe per cool-down, so it is asked only of endpoints in outage.
+    if health is not None and health.state(endpoint.id) == "outage" and not health.admit(endpoint.id):
+        return "outage", "in outage: failed repeatedly in the last 30 seconds; retried after a cool-down"
+    return None
+
+
+def _preference_exclusion(endpoint: Endpoint, need: Need, prefs: Preferences) -> tuple[str, str] | None:
+    """The filters a `provider` object asks for (most requests send none: skipped then)."""
+    provider = endpoint.provider
     if prefs.only and not any(matches(p, provider.slug, provider.name) for p in prefs.only):
         return "allowed_providers", "not in provider.only"
     if any(matches(p, provider.slug, provider.name) for p in prefs.ignore):
@@ -136,15 +154,6 @@ def _exclusion(endpoint: Endpoint, need: Need, prefs: Preferences, free_only: bo
         missing = sorted(need.parameters - endpoint.supported_parameters)
         if missing:
             return "require_parameters", f"does not support {', '.join(missing)}"
-    if need.max_tokens is not None and need.max_tokens > endpoint.max_completion_tokens:
-        return "max_tokens", f"max_tokens {need.max_tokens} > its max_completion_tokens {endpoint.max_completion_tokens}"
-    wanted = need.prompt_tokens + (need.max_tokens or 0)
-    if wanted > endpoint.context_length:
-        return "context_length", (f"the prompt (about {need.prompt_tokens} tokens) plus max_tokens "
-                                  f"({need.max_tokens or 0}) exceed its context of {endpoint.context_length}")
-    # admit() hands out the one probe per cool-down, so it is asked only of endpoints in outage.
-    if health is not None and health.state(endpoint.id) == "outage" and not health.admit(endpoint.id):
-        return "outage", "in outage: failed repeatedly in the last 30 seconds; retried after a cool-down"
     return None
 
 
@@ -183,8 +192,8 @@ def _supports(endpoint: Endpoint, parameter: str) -> bool:
 
 def _order(candidates: list[Endpoint], prefs: Preferences, sort: str | None, health: Health | None,
            rng: random.Random, sticky: str | None) -> list[Endpoint]:
-    if not candidates:
-        return []
+    if len(candidates) < 2:
+        return candidates
     if prefs.order:
         ranked = [(r, i, e) for i, e in enumerate(candidates) if (r := _order_rank(e, prefs.order)) is not None]
         ordered = [e for _, _, e in sorted(ranked, key=lambda t: (t[0], t[1]))]
