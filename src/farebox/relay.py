@@ -161,6 +161,7 @@ class Relay:
         self.sticky = Sticky(clock, idle_s=settings.sticky_idle_s, entries_max=settings.sticky_entries_max)
         # Stickiness pays only where some endpoint's cache reads are cheaper than its prompts;
         # elsewhere the conversation key (a hash of the first messages) is not worth computing.
+        self._defaults = {m.id: m.default_parameters for m in catalog.models.values() if m.default_parameters}
         self._caching_models = frozenset(m.id for m in catalog.models.values() if any(caches(e) for e in m.endpoints))
 
     # -- planning and holds ----------------------------------------------------------
@@ -295,8 +296,9 @@ class Relay:
                     f"No endpoint answered within attempts_timeout_s ({self.settings.attempts_timeout_s}s)",
                     provider_name=endpoint.provider.name)
                 break
-            call = Call(endpoint, req.body, self.catalog.credential(endpoint.provider) or "", user_tag, req.api,
-                        budget)
+            defaults = self._defaults.get(endpoint.model_id)
+            body = {**defaults, **req.body} if defaults else req.body  # a static variant's defaults
+            call = Call(endpoint, body, self.catalog.credential(endpoint.provider) or "", user_tag, req.api, budget)
             try:
                 result, upstream_id = await attempt(call)
             except ClientGone:

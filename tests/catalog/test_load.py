@@ -493,3 +493,19 @@ def test_every_provider_option_is_documented() -> None:
     for dialect, specs in OPTIONS.items():
         for name in specs:
             assert f"| {dialect} | `{name}` |" in doc, name
+
+
+def test_default_parameters_are_known_parameters() -> None:
+    with pytest.raises(ConfigError, match=r"models\[0\]\.default_parameters\.thinkhard: unknown parameter"):
+        load_text(PROVIDER + '''
+[[models]]
+id = "acme/m:thinking"
+name = "M"
+context_length = 1000
+default_parameters = { thinkhard = true }
+[[models.endpoints]]
+provider = "acme"
+model = "m"
+max_completion_tokens = 100
+pricing = { prompt = "0", completion = "0" }
+''')

@@ -218,3 +218,18 @@ def test_fault_injection_client_errors_are_not_retried(faulty):
             model="sim/faulty", messages=[{"role": "user", "content": "x [[sim status=400]]"}],
             extra_body={"provider": {"ignore": ["sim-half"]}})
     assert gw.balance("ff") == before
+
+
+def test_a_static_thinking_variant_turns_reasoning_on_by_default(funded):
+    gw, _, key = funded
+    plain = ask(gw, key, model="sim/claude")
+    thinking = ask(gw, key, model="sim/claude:thinking")
+    assert not plain.choices[0].message.model_extra.get("reasoning")
+    assert thinking.choices[0].message.model_extra["reasoning"]
+    assert thinking.model == "sim/claude:thinking"
+    # The client's own choice still wins over the variant's default.
+    off = ask(gw, key, model="sim/claude:thinking", extra_body={"reasoning": {"effort": "none"}})
+    assert not off.choices[0].message.model_extra.get("reasoning")
+    _, models, _ = http("GET", f"{gw.api}/models")
+    listed = {m["id"]: m for m in models["data"]}
+    assert listed["sim/claude:thinking"]["default_parameters"] == {"reasoning": {"max_tokens": 2048}}

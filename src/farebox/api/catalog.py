@@ -35,7 +35,7 @@ def model_wire(model: Model, endpoints: list[Endpoint]) -> dict[str, Any]:
         "pricing": top.pricing.wire(),
         "top_provider": {"context_length": top.context_length, "max_completion_tokens": top.max_completion_tokens,
                          "is_moderated": False},
-        "per_request_limits": None, "supported_parameters": params, "default_parameters": None,
+        "per_request_limits": None, "supported_parameters": params, "default_parameters": model.default_parameters or None,
         "expiration_date": None, "links": {"details": f"/api/v1/models/{model.id}/endpoints"},
     }
 

@@ -39,7 +39,7 @@ _MODEL_ID = re.compile(r"^[a-z0-9][a-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*(:[a-z0
 _PROVIDER_KEYS = {"name", "dialect", "base_url", "api_key", "trains_on_prompts", "retains_prompts", "options"}
 _MODEL_KEYS = {
     "id", "name", "description", "created", "context_length", "input_modalities", "output_modalities",
-    "tokenizer", "instruct_type", "hugging_face_id", "endpoints",
+    "tokenizer", "instruct_type", "hugging_face_id", "endpoints", "default_parameters",
 }
 _ENDPOINT_KEYS = {
     "provider", "model", "context_length", "max_completion_tokens", "pricing", "quantization",
@@ -200,8 +200,19 @@ def _model(source: str, index: int, table: Any, providers: dict[str, Provider]) 
         tokenizer=r.get("tokenizer", str, "Other"),
         instruct_type=r.get("instruct_type", str, None),
         hugging_face_id=r.get("hugging_face_id", str, ""),
+        default_parameters=_default_parameters(r),
         endpoints=tuple(endpoints),
     )
+
+
+def _default_parameters(r: _Reader) -> dict[str, Any]:
+    """Request parameters a model applies when the request omits them: what makes a static
+    variant such as `:thinking` (reasoning on by default) differ from its base model."""
+    defaults = r.get("default_parameters", dict, {})
+    for name in defaults:
+        if name not in SUPPORTED_PARAMETERS:
+            r.fail(f"default_parameters.{name}", f"unknown parameter; expected one of {', '.join(SUPPORTED_PARAMETERS)}")
+    return dict(defaults)
 
 
 def parse_layers(layers: list[tuple[str, str]]) -> tuple[dict[str, Provider], dict[str, Model]]:

@@ -114,6 +114,7 @@ class Model:
     instruct_type: str | None
     hugging_face_id: str
     endpoints: tuple[Endpoint, ...]
+    default_parameters: dict[str, Any] = field(default_factory=dict)  # applied when the request omits them
 
     @property
     def modality(self) -> str:

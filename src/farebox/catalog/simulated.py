@@ -144,6 +144,23 @@ supported_parameters = {params}
 pricing = {{ prompt = "0.000003", completion = "0.000015", input_cache_read = "0.0000003", input_cache_write = "0.00000375" }}
 
 [[models]]
+id = "sim/claude:thinking"
+name = "Simulated: Claude-style (thinking)"
+description = "A static variant of sim/claude with extended thinking on by default."
+created = 1767225600
+context_length = 200000
+input_modalities = ["text", "image", "file"]
+tokenizer = "Claude"
+default_parameters = {{ reasoning = {{ max_tokens = 2048 }} }}
+
+[[models.endpoints]]
+provider = "{provider}-anthropic"
+model = "sim-claude"
+max_completion_tokens = 64000
+supported_parameters = {params}
+pricing = {{ prompt = "0.000003", completion = "0.000015", input_cache_read = "0.0000003", input_cache_write = "0.00000375" }}
+
+[[models]]
 id = "sim/gemini"
 name = "Simulated: Gemini-style"
 description = "A simulated model behind the Gemini API, priced like a Flash model."
