@@ -13,9 +13,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
-from farebox.catalog.model import SUPPORTED_PARAMETERS, Catalog, Endpoint
+from farebox.catalog.model import Catalog, Endpoint
 from farebox.clock import Clock
-from farebox.errors import BadRequest, FareboxError, Forbidden, InsufficientCredits, UpstreamTimeout
+from farebox.errors import FareboxError, Forbidden, InsufficientCredits, UpstreamTimeout
 from farebox.ledger.book import Hold, Settlement, Shortfall
 from farebox.ledger.entries import wallet
 from farebox.ledger.ledger import Ledger
@@ -29,15 +29,10 @@ from farebox.ledger.pricing import (
     estimate_text_tokens,
     is_insured,
     max_cost,
-    measure_prompt,
 )
 from farebox.money import round_up_to_nanos, usd_json
 from farebox.providers.base import Call, Dialect, Reply, UpstreamStream, normalize_finish
-from farebox.routing.health import Health
-from farebox.routing.middle_out import compress, wants_middle_out
-from farebox.routing.plan import Need, plan
-from farebox.routing.preferences import Preferences, parse_preferences
-from farebox.routing.sticky import Sticky, caches, conversation_key
+from farebox.routing.router import Router
 from farebox.settings import Settings
 from farebox.tenancy.records import KeyRecord, Organization
 
@@ -155,14 +150,7 @@ class Relay:
                  settings: Settings, clock: Clock, rng: random.Random | None = None) -> None:
         self.catalog, self.dialects, self.ledger = catalog, dialects, ledger
         self.settings, self.clock = settings, clock
-        self.rng = rng or random.Random()
-        self.health = Health(clock, outage_window_s=settings.health_outage_window_s,
-                             outage_failures=settings.health_outage_failures, cooldown_s=settings.health_cooldown_s)
-        self.sticky = Sticky(clock, idle_s=settings.sticky_idle_s, entries_max=settings.sticky_entries_max)
-        # Stickiness pays only where some endpoint's cache reads are cheaper than its prompts;
-        # elsewhere the conversation key (a hash of the first messages) is not worth computing.
-        self._defaults = {m.id: m.default_parameters for m in catalog.models.values() if m.default_parameters}
-        self._caching_models = frozenset(m.id for m in catalog.models.values() if any(caches(e) for e in m.endpoints))
+        self.router = Router(catalog, settings, clock, self.routable, rng)
 
     # -- planning and holds ----------------------------------------------------------
     def routable(self, endpoint: Endpoint, api: str = "chat") -> str | None:
@@ -175,58 +163,6 @@ class Relay:
         if self.catalog.credential(provider) is None:
             return f"no API key configured ({provider.api_key})"
         return None
-
-    def plan(self, req: ChatRequest) -> list[Endpoint]:
-        for model_id in req.models:
-            model = self.catalog.model(model_id)
-            if model is not None and ("embeddings" in model.output_modalities) != (req.api == "embedding"):
-                raise BadRequest(f"{model_id} is an embedding model: use POST /api/v1/embeddings"
-                                 if req.api != "embedding" else
-                                 f"{model_id} is not an embedding model", field="model")
-        prefs = parse_preferences(req.body.get("provider"))
-        if (not prefs.order and req.api == "chat"
-                and (req.models[0] in self._caching_models or req.models[0].partition(":")[0] in self._caching_models)):
-            conversation = conversation_key(req.body)
-            if conversation is not None:
-                req.sticky_key = (req.org.id, req.models[0], conversation)
-        try:
-            return self._route(req, prefs)
-        except BadRequest as refused:
-            # Too long for every endpoint: compress from the middle when the request (or the
-            # small context of the endpoints) asks for it, then route again.
-            if refused.error_type != "context_length_exceeded" or not self._middle_out(req):
-                raise
-            return self._route(req, prefs)
-
-    def _route(self, req: ChatRequest, prefs: Preferences) -> list[Endpoint]:
-        body = req.body
-        parameters = (frozenset(k for k in SUPPORTED_PARAMETERS if body.get(k) is not None)
-                      if prefs.require_parameters else frozenset())  # only that preference reads them
-        need = Need(prompt_tokens=req.prompt.estimate(), max_tokens=req.max_tokens, parameters=parameters,
-                    tools=bool(body.get("tools")), response_format=bool(body.get("response_format")))
-        sticky = self.sticky.get(req.sticky_key) if req.sticky_key is not None else None
-        return plan(self.catalog, req.models, need, prefs=prefs, health=self.health, rng=self.rng,
-                    routable=lambda endpoint: self.routable(endpoint, req.api),
-                    attempts_max=self.settings.attempts_max, sticky=sticky).endpoints
-
-    def _middle_out(self, req: ChatRequest) -> bool:
-        """Compress the prompt to fit the largest context among the requested models' endpoints;
-        False when middle-out is off or cannot make it fit."""
-        messages = req.body.get("messages")
-        contexts = [e.context_length for m in req.models if (model := self.catalog.model(m)) is not None
-                    for e in model.endpoints]
-        if not isinstance(messages, list) or not contexts:
-            return False
-        largest = max(contexts)
-        if not wants_middle_out(req.body, largest):
-            return False
-        budget = largest - (req.max_tokens or 0)
-        compressed = compress(messages, budget)
-        if compressed is messages or measure_prompt({"messages": compressed}).estimate() > budget:
-            return False
-        req.body["messages"] = compressed
-        req.prompt = measure_prompt(req.body)
-        return True
 
     def _bound(self, req: ChatRequest, endpoint: Endpoint) -> tuple[int, int]:
         s = self.settings
@@ -283,7 +219,7 @@ class Relay:
         error: FareboxError | None = None
         attempts: list[dict[str, Any]] = []
         user_tag = self._user_tag(req)  # once per request, not per attempt
-        for endpoint in self.plan(req):
+        for endpoint in self.router.route(req):
             try:
                 hold = self._hold(req, hold, endpoint)
             except Shortfall as s:
@@ -296,9 +232,7 @@ class Relay:
                     f"No endpoint answered within attempts_timeout_s ({self.settings.attempts_timeout_s}s)",
                     provider_name=endpoint.provider.name)
                 break
-            defaults = self._defaults.get(endpoint.model_id)
-            body = {**defaults, **req.body} if defaults else req.body  # a static variant's defaults
-            call = Call(endpoint, body, self.catalog.credential(endpoint.provider) or "", user_tag, req.api, budget)
+            call = Call(endpoint, self.router.body_for(endpoint, req.body), self.catalog.credential(endpoint.provider) or "", user_tag, req.api, budget)
             try:
                 result, upstream_id = await attempt(call)
             except ClientGone:
@@ -306,7 +240,7 @@ class Relay:
                 raise _Abandoned(endpoint, hold, attempts) from None
             except FareboxError as e:
                 attempts.append(self._attempt(endpoint, e.status, started, None))
-                self._observe_failure(endpoint, e)
+                self.router.failed(endpoint, e)
                 error = e
                 if not e.failover:
                     break
@@ -518,32 +452,6 @@ class Relay:
                 "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "error",
                              "native_finish_reason": None}]}
 
-    # -- health and stickiness --------------------------------------------------------
-    def _observe_failure(self, endpoint: Endpoint, error: FareboxError) -> None:
-        """A failed attempt counts against the endpoint's health when it was the provider's
-        fault; the client's own mistakes (a 400) say nothing about the provider."""
-        if error.status == 429:
-            self.health.record(endpoint.id, "rate_limited")
-        elif error.failover:
-            self.health.record(endpoint.id, "error")
-
-    def _observe(self, req: ChatRequest, o: Outcome) -> None:
-        """The serving attempt's result: its health sample, and stickiness on success."""
-        if o.cancelled or o.attempt_started is None:
-            return  # the client left: nothing learned about the provider
-        if o.finish == "error":
-            self.health.record(o.endpoint.id, "error")
-            return
-        now = self.clock.monotonic()
-        ttft = o.first_token_at - o.attempt_started if req.stream and o.first_token_at is not None else None
-        since = o.first_token_at if req.stream and o.first_token_at is not None else o.attempt_started
-        elapsed = now - since
-        tokens = o.usage.completion_tokens
-        throughput = tokens / elapsed if tokens > 1 and elapsed > 0 else None
-        self.health.record(o.endpoint.id, "ok", ttft_s=ttft, tokens_per_s=throughput)
-        if req.sticky_key is not None:
-            self.sticky.served(req.sticky_key, o.endpoint, o.usage.cached_tokens > 0)
-
     # -- settlement ----------------------------------------------------------------
     async def _settle(self, req: ChatRequest, hold: Hold, outcome: Outcome) -> tuple[Cost, Settlement]:
         endpoint = outcome.endpoint
@@ -559,7 +467,7 @@ class Relay:
                         endpoint.provider.name, settlement.overrun, hold_amount)
         record = self._record(req, outcome, cost, settlement, hold_amount)
         await self.ledger.commit(settlement, req.key.cap, record)
-        self._observe(req, outcome)
+        self.router.served(req, outcome)
         return cost, settlement
 
     def _record(self, req: ChatRequest, o: Outcome, cost: Cost, settlement: Settlement,

@@ -88,7 +88,7 @@ class ModelList:
     async def endpoints(self, gw: Gateway, req: Request) -> Response:
         model_id = f"{req.params['author']}/{req.params['slug']}"
         detailed = _authenticated(gw, req)
-        health = gw.relay.health
+        health = gw.relay.router.health
         for model, endpoints, _ in self.models:
             if model.id == model_id:
                 return json_response({"data": {
