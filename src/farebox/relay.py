@@ -137,6 +137,18 @@ def _choice_text(choice: dict[str, Any]) -> str:
     return text if isinstance(text, str) else ""
 
 
+def _excludes_reasoning(body: dict[str, Any]) -> bool:
+    """`reasoning.exclude: true` (or the deprecated `include_reasoning: false`): the model
+    still reasons, and is billed for it, but the client does not receive the text."""
+    reasoning = body.get("reasoning")
+    return (isinstance(reasoning, dict) and reasoning.get("exclude") is True) or body.get("include_reasoning") is False
+
+
+def _strip_reasoning(message: dict[str, Any]) -> None:
+    for name in ("reasoning", "reasoning_content", "reasoning_details"):
+        message.pop(name, None)
+
+
 def _native_finish(choice: dict[str, Any]) -> str | None:
     """The provider's own finish reason. Dialects that translate (Anthropic, Gemini) set
     `native_finish_reason` beside an already normalized `finish_reason`; for OpenAI
@@ -277,7 +289,10 @@ class Relay:
                               attempts: list[dict[str, Any]], started: float) -> dict[str, Any]:
         choices = body.get("choices") or ()  # embeddings have none
         native = finish = None
+        exclude = _excludes_reasoning(req.body)
         for choice in choices:
+            if exclude and isinstance(choice.get("message"), dict):
+                _strip_reasoning(choice["message"])
             native_c = _native_finish(choice)
             choice["native_finish_reason"] = native_c
             choice["finish_reason"] = normalize_finish(choice.get("finish_reason"))
@@ -385,6 +400,7 @@ class Relay:
         finish: str | None = None
         error: FareboxError | None = None
         first_token_at = self.clock.monotonic()
+        exclude = _excludes_reasoning(req.body)
         pending = iter(held)
         chunk = next(pending, None)
         try:
@@ -407,7 +423,10 @@ class Relay:
                         if (delta and (delta.get("content") or delta.get("reasoning") or delta.get("tool_calls")
                                        or delta.get("reasoning_content"))) or choice.get("text"):
                             tokens += 1
-                    await sink.chunk(chunk)
+                        if exclude and delta:
+                            _strip_reasoning(delta)
+                    if not exclude or _substantive(choices) or tokens == 0:
+                        await sink.chunk(chunk)
                 chunk = next(pending, None)
                 if chunk is None and not ended:
                     chunk = await upstream.next()

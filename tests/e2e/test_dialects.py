@@ -279,3 +279,26 @@ def test_claude_thinking_survives_an_openai_client_tool_loop(funded):
     with pytest.raises(openai.BadRequestError, match="thinking"):
         api.chat.completions.create(messages=[*messages, {k: v for k, v in turn.items() if k != "reasoning_details"},
                                               result], **kwargs)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("model", MODELS)
+def test_excluded_reasoning_is_billed_but_not_sent(funded, model, stream):
+    gw, org, key = funded
+    before = gw.balance(org)
+    messages = [{"role": "user", "content": "Think quietly [[sim reasoning_tokens=20 output_tokens=5]]"}]
+    kwargs = {"model": model, "messages": messages, "max_tokens": 4096,
+              "extra_body": {"reasoning": {"max_tokens": 2048, "exclude": True}}}
+    if stream:
+        chunks = list(client(gw, key).chat.completions.create(stream=True, **kwargs))
+        deltas = [c.choices[0].delta for c in chunks if c.choices]
+        assert not any((d.model_extra or {}).get("reasoning") for d in deltas)
+        assert len("".join(d.content or "" for d in deltas).split()) == 5
+        usage, gen_id = chunks[-1].usage, chunks[-1].id
+    else:
+        completion = client(gw, key).chat.completions.create(**kwargs)
+        message = completion.choices[0].message
+        assert "reasoning" not in message.model_extra and "reasoning_details" not in message.model_extra
+        usage, gen_id = completion.usage, completion.id
+    assert usage.completion_tokens == 25  # the reasoning still happened, and is paid for
+    check_billed(gw, org, key, model, gen_id, usage, before)

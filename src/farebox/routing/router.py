@@ -23,6 +23,10 @@ if TYPE_CHECKING:  # the relay imports this module
     from farebox.relay import ChatRequest, Outcome
 
 
+SAMPLING = frozenset({"temperature", "top_p", "top_k", "min_p", "top_a", "frequency_penalty", "presence_penalty",
+                      "repetition_penalty", "seed", "logit_bias", "logprobs", "top_logprobs"})
+
+
 class Router:
     def __init__(self, catalog: Catalog, settings: Settings, clock: Clock,
                  routable: Callable[[Endpoint, str], str | None], rng: random.Random | None = None) -> None:
@@ -33,6 +37,11 @@ class Router:
                              outage_failures=settings.health_outage_failures, cooldown_s=settings.health_cooldown_s)
         self.sticky = Sticky(clock, idle_s=settings.sticky_idle_s, entries_max=settings.sticky_entries_max)
         self._defaults = {m.id: m.default_parameters for m in catalog.models.values() if m.default_parameters}
+        # Sampling parameters an endpoint does not accept are dropped silently, as OpenRouter
+        # does without require_parameters (e.g. newer Claude models refuse `temperature`). An
+        # endpoint that lists no parameters is not known to refuse any.
+        self._unsupported = {e.id: SAMPLING - e.supported_parameters for m in catalog.models.values()
+                             for e in m.endpoints if e.supported_parameters and SAMPLING - e.supported_parameters}
         # Stickiness pays only where some endpoint's cache reads are cheaper than its prompts;
         # elsewhere the conversation key (a hash of the first messages) is not worth computing.
         self._caching_models = frozenset(m.id for m in catalog.models.values() if any(caches(e) for e in m.endpoints))
@@ -92,10 +101,15 @@ class Router:
         return True
 
     def body_for(self, endpoint: Endpoint, body: dict[str, Any]) -> dict[str, Any]:
-        """The request as `endpoint`'s model takes it: a static variant's default parameters
-        fill in what the request left out."""
+        """The request as `endpoint` takes it: a static variant's default parameters fill in
+        what the request left out, and sampling parameters the endpoint refuses are left out."""
         defaults = self._defaults.get(endpoint.model_id)
-        return {**defaults, **body} if defaults else body
+        if defaults:
+            body = {**defaults, **body}
+        unsupported = self._unsupported.get(endpoint.id)
+        if unsupported and not unsupported.isdisjoint(body):
+            body = {k: v for k, v in body.items() if k not in unsupported}
+        return body
 
     def failed(self, endpoint: Endpoint, error: FareboxError) -> None:
         """A failed attempt counts against the endpoint's health when it was the provider's
