@@ -1,0 +1,123 @@
+"""Credit lots: where an organization's balance came from, and in what order it is spent.
+
+Every credit that enters a wallet (a purchase, its bonus, an administrator's grant, a
+trial) is a lot with an amount and an expiry. Spending draws from the live lots in one
+documented order:
+
+    promotional lots (bonuses, grants, trial credit) before paid ones,
+    then the soonest expiry first (lots that never expire last),
+    then the oldest first.
+
+So a customer's paid credit, the only kind that can be refunded, is kept longest, and
+what expires soonest is used before it can expire. The sum of the lots' remaining
+amounts is the wallet's balance at every moment; `ledger verify` checks it.
+
+Lots are a sub-ledger of the wallet: drawing moves no money between accounts, so it
+posts no entry. What a lot has left is therefore derived, not stored: replaying the
+wallet's entries in order through `Lots` reproduces it exactly, which is how a restart
+rebuilds them and how verify re-derives them. Expiry and refunds do move money (wallet →
+expired, wallet → refunds) and name the lot they take from.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+KINDS = ("purchase", "bonus", "grant", "trial")
+PROMOTIONAL = frozenset({"bonus", "grant", "trial"})
+NEVER = 2**63 - 1  # the expiry of a lot that never expires, so it sorts last
+
+
+@dataclass(slots=True)
+class Lot:
+    id: int                      # creation order within the store; ties in the draw order break by it
+    kind: str
+    amount: int                  # nano-dollars credited
+    created_at_ms: int
+    expires_at_ms: int | None    # None: never
+    remaining: int = -1          # -1 means "the whole amount" at construction
+    purchase: str | None = None  # the purchase a purchase or bonus lot belongs to (refunds)
+
+    def __post_init__(self) -> None:
+        assert self.kind in KINDS, self.kind
+        assert self.amount > 0
+        if self.remaining == -1:
+            self.remaining = self.amount
+        assert 0 <= self.remaining <= self.amount
+
+    @property
+    def promotional(self) -> bool:
+        return self.kind in PROMOTIONAL
+
+    def order(self) -> tuple[int, int, int]:
+        expiry = NEVER if self.expires_at_ms is None else self.expires_at_ms
+        return (0 if self.promotional else 1, expiry, self.id)
+
+
+@dataclass(slots=True)
+class Lots:
+    """One organization's lots. Live lots are kept sorted in draw order, so a draw starts at
+    the front: one charge usually touches one lot, whatever the number of lots."""
+
+    live: list[Lot] = field(default_factory=list)
+    _keys: list[tuple[int, int, int]] = field(default_factory=list)
+    by_id: dict[int, Lot] = field(default_factory=dict)
+
+    def add(self, lot: Lot) -> None:
+        assert lot.id not in self.by_id, lot.id
+        self.by_id[lot.id] = lot
+        if lot.remaining:
+            key = lot.order()
+            i = bisect.bisect(self._keys, key)
+            self._keys.insert(i, key)
+            self.live.insert(i, lot)
+
+    def total(self) -> int:
+        return sum(lot.remaining for lot in self.live)
+
+    def draw(self, amount: int) -> list[tuple[int, int]]:
+        """Spend `amount` from the live lots in draw order; returns (lot id, amount) pairs.
+        The caller has checked the wallet can pay: drawing more than the lots hold is a bug."""
+        assert amount > 0
+        taken: list[tuple[int, int]] = []
+        while amount:
+            assert self.live, f"drawing {amount} more than the lots hold"
+            lot = self.live[0]
+            part = min(amount, lot.remaining)
+            lot.remaining -= part
+            amount -= part
+            taken.append((lot.id, part))
+            if not lot.remaining:
+                self._drop(0)
+        return taken
+
+    def take(self, lot_id: int, amount: int) -> None:
+        """Take `amount` from one named lot (its expiry, or a refund of its purchase)."""
+        lot = self.by_id[lot_id]
+        assert 0 < amount <= lot.remaining, (lot_id, amount, lot.remaining)
+        lot.remaining -= amount
+        if not lot.remaining:
+            self._drop(self.live.index(lot))
+
+    def give_back(self, taken: list[tuple[int, int]]) -> None:
+        """Undo a draw (a charge whose entries could not be committed)."""
+        for lot_id, amount in taken:
+            lot = self.by_id[lot_id]
+            if not lot.remaining:
+                lot.remaining = amount
+                key = lot.order()
+                i = bisect.bisect(self._keys, key)
+                self._keys.insert(i, key)
+                self.live.insert(i, lot)
+            else:
+                lot.remaining += amount
+            assert lot.remaining <= lot.amount
+
+    def expiring(self, at_ms: int) -> list[Lot]:
+        """Live lots whose expiry has passed, soonest first."""
+        return [lot for lot in self.live if lot.expires_at_ms is not None and lot.expires_at_ms <= at_ms]
+
+    def _drop(self, i: int) -> None:
+        del self.live[i]
+        del self._keys[i]
