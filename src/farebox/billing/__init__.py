@@ -1,0 +1,1 @@
+"""Money coming in: payment rails, purchases, invoices, statements, alerts."""
