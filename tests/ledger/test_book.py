@@ -437,3 +437,26 @@ def test_a_hold_settles_once() -> None:
     with pytest.raises(AssertionError):
         settle(book, h, 100)
     assert book.balance(W) == 900
+
+
+# -- credit lots ------------------------------------------------------------------------
+
+def test_a_charge_draws_from_the_lots_in_order_and_a_revert_gives_it_back():
+    from farebox.ledger.lots import Lot
+
+    book = Book(FakeClock(), TIMEOUT)
+    book.apply(Entry("purchase", GRANTS, W, 1000, "p", 0, 1), Lot(10, "purchase", 1000, 0, None))
+    book.apply(Entry("bonus", GRANTS, W, 100, "b", 0, 1), Lot(11, "bonus", 100, 0, None))
+    hold = book.hold("g", W, 500)
+    settlement = settle(book, hold, 300)
+    assert settlement.draws == [(11, 100), (10, 200)]  # promotional first
+    assert book.lots[W].total() == book.balance(W) == 800
+    book.revert(settlement, None)
+    assert book.lots[W].total() == book.balance(W) == 1100
+    assert [(lot.id, lot.remaining) for lot in book.lots[W].live] == [(11, 100), (10, 1000)]
+
+
+def test_credit_without_a_stored_lot_is_a_never_expiring_grant():
+    book = make_book(250)
+    [lot] = book.lots[W].live
+    assert (lot.kind, lot.expires_at_ms, lot.remaining) == ("grant", None, 250) and lot.id < 0

@@ -151,6 +151,31 @@ def test_load_rebuilds_the_book(store: Store) -> None:
     assert fresh.book.available(W) == 750
 
 
+def test_load_rebuilds_the_lots_exactly(store: Store) -> None:
+    """A trial lot that expires, a grant that never does: a restart replays the wallet's
+    entries and finds each lot where the live book left it."""
+    ledger = make_ledger(store)
+
+    async def main() -> None:
+        ledger.writer.start()
+        try:
+            await ledger.grant(1, 1000, "a")
+            await ledger.grant(1, 200, "t", kind="trial", expires_at_ms=ledger.clock.now_ms() + 86_400_000)
+            s = settle(ledger.book, ledger.book.hold("g", W, 300), 250, "charge:g", "g")
+            await ledger.commit(s, None, generation("g", 250, 250))
+        finally:
+            ledger.writer.stop()
+
+    asyncio.run(main())
+    live = [(lot.id, lot.kind, lot.remaining, lot.expires_at_ms) for lot in ledger.book.lots[W].live]
+    assert [(kind, remaining) for _, kind, remaining, _ in live] == [("grant", 950)]  # trial spent first
+    fresh = make_ledger(store)
+    fresh.load(store.reader_conn)
+    assert [(lot.id, lot.kind, lot.remaining, lot.expires_at_ms) for lot in fresh.book.lots[W].live] == live
+    assert fresh.book.lots[W].total() == fresh.book.balance(W) == 950
+    assert verify_store(store.reader_conn).ok
+
+
 def test_sweeper_expires_old_holds(store: Store) -> None:
     clock = FakeClock()
     ledger = make_ledger(store, clock)

@@ -13,7 +13,7 @@ import pytest
 
 from farebox.clock import FakeClock
 from farebox.ledger.book import Book, KeyCap
-from farebox.ledger.entries import GRANTS, OVERRUN, REVENUE, Entry, wallet
+from farebox.ledger.entries import EXPIRED, GRANTS, OVERRUN, REVENUE, Entry, wallet
 from farebox.ledger.verify import Report, verify_memory, verify_store
 from farebox.store import sqlite as ops
 from farebox.store.sqlite import Store
@@ -89,8 +89,8 @@ def violated(report: Report) -> dict[str, int]:
 def test_a_clean_ledger_passes(live: Live) -> None:
     report = live.verify()
     assert report.ok, report.violations
-    assert set(report.checks) == {"zero_sum", "balances", "floors", "generations", "orphans"}
-    assert report.counts == {"accounts": 5, "entries": 6, "generations": 4}
+    assert set(report.checks) == {"zero_sum", "balances", "floors", "generations", "orphans", "lots"}
+    assert report.counts == {"accounts": 6, "entries": 6, "generations": 4}
     assert report.warnings == [{"overrun": "g3", "amount_nanos": 500}]
     wire = report.wire()
     assert wire["ok"] is True and wire["violations"] == []
@@ -100,7 +100,7 @@ def test_an_empty_ledger_passes(tmp_path: Path) -> None:
     store = Store(tmp_path / "empty.db")
     try:
         report = verify_store(store.reader_conn)
-        assert report.ok and report.counts == {"accounts": 3, "entries": 0, "generations": 0}
+        assert report.ok and report.counts == {"accounts": 4, "entries": 0, "generations": 0}
     finally:
         store.close()
 
@@ -166,9 +166,11 @@ def test_floors_catch_a_wallet_that_went_negative_in_history(live: Live) -> None
     raw.close()
     assert dict(live.store.reader_conn.execute("SELECT id, balance FROM accounts")) == before
     report = live.verify()
-    assert violated(report) == {"floors": 1}
-    [v] = report.violations
+    # Spending more than the wallet held is also spending more than its credit lots held.
+    assert violated(report) == {"floors": 1, "lots": 1}
+    [v, lots] = report.violations
     assert v["account"] == W1 and v["lowest"] == before[W1] - 30000 < 0
+    assert lots["check"] == "lots" and "more than the lots hold" in lots["replay"]
 
 
 def test_floors_catch_a_wallet_below_zero_now(live: Live) -> None:
@@ -177,7 +179,7 @@ def test_floors_catch_a_wallet_below_zero_now(live: Live) -> None:
     post_raw(raw, "adjust", W2, REVENUE, 1000, "adj:over")
     raw.close()
     report = live.verify()
-    assert violated(report) == {"floors": 1}
+    assert violated(report) == {"floors": 1, "lots": 1}
     assert report.violations[0]["account"] == W2 and report.violations[0]["lowest"] == 100 - 1000
 
 
@@ -322,3 +324,27 @@ def test_memory_flags_an_account_only_in_memory(live: Live) -> None:
     assert violated(report) == {"memory": 1}
     memory["org:77:wallet"] = 0  # a zero balance known only in memory is fine
     assert _memory_report(live, memory=memory).ok
+
+
+def test_lots_catch_an_expiry_beyond_what_its_lot_held(live: Live) -> None:
+    # An expiry entry naming a lot takes from that lot only; taking more than it held is
+    # caught even though the wallet's balance and every floor stay fine.
+    live.grant(1, 10_000, "second")  # a second lot, so the wallet itself can pay the excess
+    lot_id = live.store.reader_conn.execute(
+        "SELECT entry_id FROM lots WHERE org_id = 1 ORDER BY entry_id LIMIT 1").fetchone()[0]
+    left = 10_000 - 1200 - 1000  # the first lot paid both charges
+    raw = live.raw()
+    post_raw(raw, "expiry", W1, EXPIRED, left + 1, f"expire:lot:{lot_id}:0")
+    raw.close()
+    report = live.verify()
+    assert violated(report) == {"lots": 1}
+
+
+def test_lots_catch_a_wallet_balance_the_lots_do_not_explain(live: Live) -> None:
+    raw = live.raw()
+    raw.execute("UPDATE accounts SET balance = balance + 7 WHERE id = ?", (W1,))
+    raw.close()
+    report = live.verify()
+    assert violated(report)["lots"] == 1
+    row = next(v for v in report.violations if v["check"] == "lots")
+    assert row["account"] == W1 and row["balance"] == row["lots"] + 7

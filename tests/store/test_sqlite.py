@@ -4,6 +4,7 @@ settle transaction and grant idempotency."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
-from farebox.ledger.entries import GRANTS, OVERRUN, REVENUE, Entry, wallet
+from farebox.ledger.entries import EXPIRED, GRANTS, OVERRUN, REVENUE, Entry, wallet
 from farebox.store import sqlite as ops
 from farebox.store.schema import MIGRATIONS
 from farebox.store.sqlite import Store, connect, migrate
@@ -71,7 +72,7 @@ def test_migrations_are_idempotent(tmp_path: Path) -> None:
         assert versions == [v for v, _ in MIGRATIONS]
         assert migrate(second.writer_conn) == max(v for v, _ in MIGRATIONS)
         assert [v for (v,) in second.reader_conn.execute("SELECT version FROM schema_migrations")] == versions
-        assert balances(second.reader_conn) == {GRANTS: 0, REVENUE: 0, OVERRUN: 0, W: 0}
+        assert balances(second.reader_conn) == {GRANTS: 0, REVENUE: 0, OVERRUN: 0, EXPIRED: 0, W: 0}
     finally:
         second.close()
 
@@ -80,7 +81,7 @@ def test_store_creates_its_directory_and_system_accounts(tmp_path: Path) -> None
     s = Store(tmp_path / "deep" / "er" / "x.db")
     try:
         rows = s.reader_conn.execute("SELECT id, floored, balance FROM accounts ORDER BY id").fetchall()
-        assert rows == [(GRANTS, 0, 0), (OVERRUN, 0, 0), (REVENUE, 0, 0)]
+        assert rows == [(EXPIRED, 0, 0), (GRANTS, 0, 0), (OVERRUN, 0, 0), (REVENUE, 0, 0)]
         assert s.reader_conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     finally:
         s.close()
@@ -91,7 +92,7 @@ def test_migrating_from_a_second_connection_applies_nothing(tmp_path: Path) -> N
     other = connect(tmp_path / "x.db", "NORMAL")
     try:
         assert migrate(other) == max(v for v, _ in MIGRATIONS)
-        assert [v for (v,) in other.execute("SELECT version FROM schema_migrations")] == [1]
+        assert [v for (v,) in other.execute("SELECT version FROM schema_migrations")] == [v for v, _ in MIGRATIONS]
     finally:
         other.close()
         a.close()
@@ -100,7 +101,8 @@ def test_migrating_from_a_second_connection_applies_nothing(tmp_path: Path) -> N
 def test_migration_creates_every_guard(store: Store) -> None:
     triggers = {name for (name,) in store.reader_conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
     assert triggers == {"accounts_floor", "accounts_floor_insert", "accounts_floored_fixed",
-                        "entries_append_only_update", "entries_append_only_delete"}
+                        "entries_append_only_update", "entries_append_only_delete",
+                        "lots_append_only_update", "lots_append_only_delete"}
     statements = ops._statements(MIGRATIONS[0][1])
     assert sum("CREATE TRIGGER" in s for s in statements) == 5
     assert all(s.endswith("END;") for s in statements if "CREATE TRIGGER" in s)
@@ -180,7 +182,7 @@ def test_post_entries_moves_balances(store: Store, writer: GroupWriter) -> None:
     writer.run_sync(lambda conn: ops.post_entries(conn, [grant_entry(100, "a"), grant_entry(50, "b")]))
     writer.run_sync(lambda conn: ops.post_entries(conn, [
         charge(30, "g"), Entry("overrun", OVERRUN, REVENUE, 9, "charge:g:overrun", 1, 1, "k", "g", "m")]))
-    assert balances(store.reader_conn) == {GRANTS: -150, W: 120, REVENUE: 39, OVERRUN: -9}
+    assert balances(store.reader_conn) == {GRANTS: -150, W: 120, REVENUE: 39, OVERRUN: -9, EXPIRED: 0}
 
 
 # -- settle ---------------------------------------------------------------------------
@@ -234,7 +236,9 @@ def test_insert_generation_requires_its_keys(store: Store, writer: GroupWriter) 
 def test_grant_is_idempotent_on_its_reference(store: Store, writer: GroupWriter) -> None:
     first = grant_entry(500, "pay-1")
     new, stored = writer.run_sync(lambda conn: ops.grant(conn, first))
-    assert new and stored == first
+    assert new and stored == dataclasses.replace(first, id=stored.id) and stored.id is not None
+    kind, expires = store.reader_conn.execute("SELECT kind, expires_at FROM lots WHERE entry_id = ?", (stored.id,)).fetchone()
+    assert (kind, expires) == ("grant", None)  # the credit is a lot, never expiring unless told
     replay = Entry("grant", GRANTS, W, 500, "grant:pay-1", 99, 1)  # a later retry of the same event
     new, stored = writer.run_sync(lambda conn: ops.grant(conn, replay))
     assert not new
@@ -262,8 +266,8 @@ def test_read_sync_and_read(store: Store) -> None:
     def count(conn: sqlite3.Connection, table: str) -> int:
         return conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
 
-    assert store.read_sync(count, "accounts") == 4
-    assert asyncio.run(store.read(count, "accounts")) == 4
+    assert store.read_sync(count, "accounts") == 5  # four system accounts and one wallet
+    assert asyncio.run(store.read(count, "accounts")) == 5  # four system accounts and one wallet
 
 
 def test_floor_also_holds_for_inserts_and_the_floored_flag(tmp_path):

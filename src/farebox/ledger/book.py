@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from farebox.clock import Clock
-from farebox.ledger.entries import OVERRUN, REVENUE, SYSTEM_ACCOUNTS, Entry, is_floored
+from farebox.ledger.entries import OVERRUN, REVENUE, SYSTEM_ACCOUNTS, Entry, is_floored, is_wallet
+from farebox.ledger.lots import Lot, Lots
 from farebox.ledger.usage import KeyUsage
 
 
@@ -57,6 +58,7 @@ class Settlement:
     charged: int   # what the wallet paid
     overrun: int   # what the upstream billed beyond the hold, paid by system:overrun
     settled_at: float  # clock.now(), so a revert takes usage back from the right windows
+    draws: list[tuple[int, int]] = field(default_factory=list)  # (lot id, amount) the charge spent
 
 
 class Book:
@@ -68,6 +70,8 @@ class Book:
         self.outflow: dict[str, int] = {}
         self.held: dict[str, int] = {}
         self.holds: dict[str, Hold] = {}
+        self.lots: dict[str, Lots] = {}   # wallet account -> its credit lots (sum = its balance)
+        self._synthetic_lot = 0            # ids for credit applied without a stored lot (tests, old rows)
 
     # -- reading -----------------------------------------------------------------
     def balance(self, account: str) -> int:
@@ -160,6 +164,7 @@ class Book:
         charged = min(cost, ceiling)
         overrun = cost - charged
         entries = []
+        draws: list[tuple[int, int]] = []
         if charged:
             entries.append(Entry("charge", hold.account, REVENUE, charged, reference, created_at,
                                  org_id, key_hash, generation_id))
@@ -167,17 +172,34 @@ class Book:
             entries.append(Entry("overrun", OVERRUN, REVENUE, overrun, reference + ":overrun", created_at,
                                  org_id, key_hash, generation_id, memo="upstream billed beyond the hold"))
         for entry in entries:
-            self.apply(entry)
+            draws += self.apply(entry)
         if hold.cap is not None and charged:
             hold.cap.usage.add(charged, now)
-        return Settlement(entries, charged, overrun, now)
+        return Settlement(entries, charged, overrun, now, draws)
 
-    def apply(self, entry: Entry) -> None:
+    def apply(self, entry: Entry, lot: Lot | None = None, from_lot: int | None = None) -> list[tuple[int, int]]:
+        """Post an entry to the balances. Credit into a wallet becomes a lot (`lot`, or a
+        never-expiring grant lot when none is given); money out of a wallet is drawn from its
+        lots in the draw order, or taken from `from_lot` (an expiry or a refund). Returns the
+        draws, so a failed commit can give them back."""
         self.balances[entry.from_account] = self.balances.get(entry.from_account, 0) - entry.amount
         self.balances[entry.to_account] = self.balances.get(entry.to_account, 0) + entry.amount
         self.outflow[entry.from_account] = self.outflow.get(entry.from_account, 0) + entry.amount
         self.inflow[entry.to_account] = self.inflow.get(entry.to_account, 0) + entry.amount
         assert not is_floored(entry.from_account) or self.balances[entry.from_account] >= 0, entry
+        if is_wallet(entry.to_account):
+            if lot is None:
+                self._synthetic_lot -= 1  # negative: never confused with a stored entry's id
+                lot = Lot(self._synthetic_lot, "grant", entry.amount, entry.created_at, None)
+            assert lot.amount == entry.amount, (lot, entry)
+            self.lots.setdefault(entry.to_account, Lots()).add(lot)
+        if is_wallet(entry.from_account):
+            lots = self.lots.setdefault(entry.from_account, Lots())
+            if from_lot is not None:
+                lots.take(from_lot, entry.amount)
+                return [(from_lot, entry.amount)]
+            return lots.draw(entry.amount)
+        return []
 
     def revert(self, settlement: Settlement, cap: KeyCap | None) -> None:
         """Undo a settlement whose entries could not be committed."""
@@ -186,6 +208,8 @@ class Book:
             self.balances[e.to_account] -= e.amount
             self.outflow[e.from_account] -= e.amount
             self.inflow[e.to_account] -= e.amount
+            if is_wallet(e.from_account) and settlement.draws:
+                self.lots[e.from_account].give_back(settlement.draws)
         if cap is not None and settlement.charged:
             cap.usage.remove(settlement.charged, settlement.settled_at)
 

@@ -13,11 +13,16 @@ from dataclasses import dataclass
 GRANTS = "system:grants"        # source of credits granted by an administrator
 REVENUE = "system:revenue"      # sink of inference charges
 OVERRUN = "system:overrun"      # source that pays what an upstream billed beyond the hold and the balance
-SYSTEM_ACCOUNTS = (GRANTS, REVENUE, OVERRUN)
+EXPIRED = "system:expired"      # sink of credit lots that expired unused
+SYSTEM_ACCOUNTS = (GRANTS, REVENUE, OVERRUN, EXPIRED)
 
 
 def wallet(org_id: int) -> str:
     return f"org:{org_id}:wallet"
+
+
+def is_wallet(account: str) -> bool:
+    return account.endswith(":wallet")
 
 
 def is_floored(account: str) -> bool:
@@ -37,6 +42,7 @@ class Entry:
     key_hash: str | None = None
     generation_id: str | None = None
     memo: str | None = None
+    id: int | None = None  # the stored row's id, where a caller needs it (a lot is keyed by its entry)
 
     def __post_init__(self) -> None:
         assert isinstance(self.amount, int) and self.amount > 0, self.amount

@@ -13,6 +13,7 @@ from farebox.clock import Clock
 from farebox.errors import Conflict, InternalError
 from farebox.ledger.book import Book, KeyCap, Settlement
 from farebox.ledger.entries import GRANTS, Entry, wallet
+from farebox.ledger.lots import Lot, replay
 from farebox.store import sqlite as ops
 from farebox.store.writer import GroupWriter
 
@@ -31,20 +32,25 @@ class Ledger:
         inflow = dict(conn.execute("SELECT to_account, SUM(amount) FROM entries GROUP BY to_account"))
         outflow = dict(conn.execute("SELECT from_account, SUM(amount) FROM entries GROUP BY from_account"))
         self.book.load(balances, inflow, outflow)
+        self.book.lots = replay(*ops.wallet_history(conn))
 
-    async def grant(self, org_id: int, amount: int, reference: str, memo: str | None = None) -> tuple[bool, Entry]:
-        """Credit an organization's wallet. Idempotent on `reference`: a replay returns the
-        first grant and moves nothing; a replay with different terms is a conflict."""
-        assert amount > 0
-        entry = Entry("grant", GRANTS, wallet(org_id), amount, f"grant:{reference}", self.clock.now_ms(),
+    async def grant(self, org_id: int, amount: int, reference: str, memo: str | None = None, *,
+                    kind: str = "grant", expires_at_ms: int | None = None) -> tuple[bool, Entry]:
+        """Credit an organization's wallet as a lot of `kind` expiring at `expires_at_ms`
+        (None: never). Idempotent on `reference`: a replay returns the first grant and moves
+        nothing; a replay with different terms is a conflict."""
+        assert amount > 0 and kind in ("grant", "trial")
+        entry = Entry(kind, GRANTS, wallet(org_id), amount, f"{kind}:{reference}", self.clock.now_ms(),
                       org_id, memo=memo)
-        future = self.writer.submit(lambda conn: ops.grant(conn, entry))
+        future = self.writer.submit(lambda conn: ops.grant(conn, entry, expires_at_ms))
 
         def applied(f: asyncio.Future[tuple[bool, Entry]]) -> None:
             # In a callback, not after the await: the book must follow the database even
             # if the task that asked for the grant is cancelled meanwhile.
             if not f.cancelled() and f.exception() is None and f.result()[0]:
-                self.book.apply(f.result()[1])
+                stored = f.result()[1]
+                assert stored.id is not None
+                self.book.apply(stored, Lot(stored.id, kind, stored.amount, stored.created_at, expires_at_ms))
 
         future.add_done_callback(applied)
         new, stored = await asyncio.shield(future)

@@ -22,6 +22,7 @@ expired, wallet → refunds) and name the lot they take from.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 KINDS = ("purchase", "bonus", "grant", "trial")
@@ -121,3 +122,34 @@ class Lots:
     def _drop(self, i: int) -> None:
         del self.live[i]
         del self._keys[i]
+
+
+def replay(entries: Iterable[tuple[int, str, str, int, int, str]],
+           stored: dict[int, tuple[str, int | None, str | None]]) -> dict[str, Lots]:
+    """Rebuild every wallet's lots from its entries, in id order: (id, from, to, amount,
+    created_at ms, reference) rows, and the stored lot rows by entry id (kind, expiry,
+    purchase). Credit without a stored lot (older databases) is a grant that never
+    expires; an `expire:lot:<id>...` or `refund:lot:<id>...` entry takes from the lot it
+    names; any other money out of a wallet is drawn in order. Raises AssertionError when
+    the entries spend more than the lots hold."""
+    wallets: dict[str, Lots] = {}
+    for entry_id, source, target, amount, created_at, reference in entries:
+        if target.endswith(":wallet"):
+            kind, expires, purchase = stored.get(entry_id, ("grant", None, None))
+            wallets.setdefault(target, Lots()).add(Lot(entry_id, kind, amount, created_at, expires, purchase=purchase))
+        if source.endswith(":wallet"):
+            lots = wallets.setdefault(source, Lots())
+            named = named_lot(reference)
+            if named is None:
+                lots.draw(amount)
+            else:
+                lots.take(named, amount)
+    return wallets
+
+
+def named_lot(reference: str) -> int | None:
+    """The lot an entry takes from by name: `expire:lot:<id>...` or `refund:lot:<id>...`."""
+    parts = reference.split(":")
+    if len(parts) >= 3 and parts[0] in ("expire", "refund") and parts[1] == "lot":
+        return int(parts[2])
+    return None

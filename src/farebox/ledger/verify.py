@@ -7,6 +7,8 @@ Checks, each reported with its violations:
   generations       every generation has exactly its charge: its entries sum to its
                     total cost, at most one wallet charge, none when it cost nothing
   orphans           every charge entry belongs to a stored generation
+  lots              replaying each wallet's entries through its credit lots never spends
+                    more than they hold, and leaves exactly the wallet's balance
   holds             (live server only) no open hold older than its timeout
   memory            (live server only) the in-memory balances equal the stored ones
 Overruns (an upstream billing beyond the hold) are reported as warnings, not violations.
@@ -17,6 +19,9 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
+
+from farebox.ledger.lots import replay
+from farebox.store.sqlite import wallet_history
 
 LIMIT = 20  # violations listed per check
 
@@ -96,8 +101,25 @@ def _verify(conn: sqlite3.Connection, report: Report) -> None:
                 WHERE e.kind IN ('charge', 'overrun') AND g.id IS NULL""").fetchall()
     report.add("orphans", [{"entry": i, "generation": g} for i, g in rows])
 
+    _verify_lots(conn, report)
+
     for gid, amount in q("SELECT generation_id, amount FROM entries WHERE kind = 'overrun' LIMIT ?", (LIMIT,)):
         report.warnings.append({"overrun": gid, "amount_nanos": amount})
+
+
+def _verify_lots(conn: sqlite3.Connection, report: Report) -> None:
+    """Replaying every wallet's entries through its credit lots never spends more than the
+    lots hold, and leaves exactly the wallet's balance in them."""
+    try:
+        wallets = replay(*wallet_history(conn))
+    except AssertionError as e:
+        report.add("lots", [{"replay": str(e) or "a wallet spent more than its lots held"}])
+        return
+    stored = dict(conn.execute("SELECT id, balance FROM accounts WHERE id LIKE '%:wallet'"))
+    rows = [{"account": a, "balance": stored.get(a, 0), "lots": lots.total()}
+            for a, lots in sorted(wallets.items()) if lots.total() != stored.get(a, 0)]
+    rows += [{"account": a, "balance": b, "lots": 0} for a, b in sorted(stored.items()) if b and a not in wallets]
+    report.add("lots", rows)
 
 
 def verify_memory(report: Report, *, stored: dict[str, int], memory: dict[str, int],

@@ -96,4 +96,21 @@ INSERT INTO accounts (id, org_id, kind, floored) VALUES
     ('system:revenue', NULL, 'revenue', 0),
     ('system:overrun', NULL, 'overrun', 0);
 """),
+    (2, """
+-- Credit lots (issue 5): every credit into a wallet is a lot with a kind and an expiry,
+-- keyed by the entry that brought it in. What a lot has left is derived by replaying the
+-- wallet's entries (ledger/lots.py), never stored.
+CREATE TABLE lots (
+    entry_id INTEGER PRIMARY KEY REFERENCES entries(id),
+    org_id INTEGER NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('purchase', 'bonus', 'grant', 'trial')),
+    expires_at INTEGER,
+    purchase_id TEXT
+);
+CREATE TRIGGER lots_append_only_update BEFORE UPDATE ON lots
+BEGIN SELECT RAISE(ABORT, 'lots are append-only'); END;
+CREATE TRIGGER lots_append_only_delete BEFORE DELETE ON lots
+BEGIN SELECT RAISE(ABORT, 'lots are append-only'); END;
+INSERT INTO accounts (id, org_id, kind, floored) VALUES ('system:expired', NULL, 'expired', 0);
+"""),
 ]

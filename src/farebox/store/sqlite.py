@@ -9,6 +9,7 @@ power loss at the cost of an fsync per batch.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import fcntl
 import os
 import sqlite3
@@ -170,16 +171,31 @@ class SettleOp:
         return [None] * len(ops)
 
 
-def grant(conn: sqlite3.Connection, entry: Entry) -> tuple[bool, Entry]:
-    """Post a grant unless its reference was seen before; return (new, the stored entry)."""
+def grant(conn: sqlite3.Connection, entry: Entry, expires_at_ms: int | None = None) -> tuple[bool, Entry]:
+    """Post a grant (and its credit lot) unless its reference was seen before; return (new,
+    the stored entry with its id, which is also the lot's id)."""
     row = conn.execute(
-        "SELECT kind, from_account, to_account, amount, reference, created_at, org_id, memo"
+        "SELECT kind, from_account, to_account, amount, reference, created_at, org_id, memo, id"
         " FROM entries WHERE reference = ?", (entry.reference,)).fetchone()
     if row is not None:
-        kind, src, dst, amount, ref, created, org_id, memo = row
-        return False, Entry(kind, src, dst, amount, ref, created, org_id, memo=memo)
+        kind, src, dst, amount, ref, created, org_id, memo, entry_id = row
+        return False, Entry(kind, src, dst, amount, ref, created, org_id, memo=memo, id=entry_id)
     post_entries(conn, [entry])
-    return True, entry
+    entry_id = conn.execute("SELECT id FROM entries WHERE reference = ?", (entry.reference,)).fetchone()[0]
+    conn.execute("INSERT INTO lots (entry_id, org_id, kind, expires_at) VALUES (?, ?, ?, ?)",
+                 (entry_id, entry.org_id, entry.kind, expires_at_ms))
+    return True, dataclasses.replace(entry, id=entry_id)
+
+
+def wallet_history(conn: sqlite3.Connection) -> tuple[Any, dict[int, tuple[str, int | None, str | None]]]:
+    """Every entry into or out of a wallet in id order, and the stored lots: what
+    `ledger.lots.replay` rebuilds the lots from."""
+    entries = conn.execute(
+        "SELECT id, from_account, to_account, amount, created_at, reference FROM entries"
+        " WHERE to_account LIKE '%:wallet' OR from_account LIKE '%:wallet' ORDER BY id")
+    stored = {eid: (kind, expires, purchase) for eid, kind, expires, purchase in
+              conn.execute("SELECT entry_id, kind, expires_at, purchase_id FROM lots")}
+    return entries, stored
 
 
 def ensure_account(conn: sqlite3.Connection, account: str, org_id: int | None, kind: str) -> None:
