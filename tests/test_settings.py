@@ -85,3 +85,8 @@ def test_bad_file_names_its_path(tmp_path, text, message):
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="file not found"):
         load_settings(tmp_path / "nope.toml", env={})
+
+
+def test_trial_credit_must_be_an_exact_amount():
+    with pytest.raises(ConfigError, match="trial_credit_usd"):
+        load_settings(env={"FAREBOX_TRIAL_CREDIT_USD": "1.5e-12"})

@@ -15,6 +15,7 @@ from farebox.clock import Clock
 from farebox.ids import MANAGEMENT_KEY_PREFIX, Ids
 from farebox.ledger.book import Book
 from farebox.ledger.ledger import Ledger
+from farebox.money import parse_usd
 from farebox.providers.anthropic import AnthropicDialect
 from farebox.providers.gemini import GeminiDialect
 from farebox.providers.http import Upstreams
@@ -45,6 +46,7 @@ class Gateway:
     def __init__(self, settings: Settings, *, clock: Clock | None = None, ids: Ids | None = None,
                  catalog: Catalog | None = None, env: Mapping[str, str] | None = None) -> None:
         self.settings = settings
+        self.trial_credit = parse_usd(settings.trial_credit_usd)  # nano-dollars for each new organization
         self.clock = clock or Clock()
         self.ids = ids or Ids()
         self.catalog = catalog or load_catalog(builtin=settings.catalog_builtin, extra_path=settings.catalog_path,

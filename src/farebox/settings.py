@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from farebox.errors import ConfigError
+from farebox.money import MoneyFormatError, parse_usd
 
 ENV_PREFIX = "FAREBOX_"
 # Environment variables that configure the command-line client, not the server.
@@ -53,6 +54,9 @@ class Settings:
     health_cooldown_s: float = _s(30.0, "Seconds an endpoint in outage is skipped before one request probes it again.", minimum=0.01)
     sticky_idle_s: float = _s(600.0, "Seconds a conversation stays routed to the endpoint that holds its prompt cache after its last request.", minimum=1)
     sticky_entries_max: int = _s(100_000, "Most conversations remembered for sticky routing; the least recently used are forgotten first.", minimum=1)
+    grant_expiry_days: int = _s(0, "Days until credit granted by an administrator expires; 0 means never.", minimum=0)
+    trial_credit_usd: str = _s("0", "Credit (USD, exact decimal) every new organization receives as a promotional trial lot.")
+    trial_expiry_days: int = _s(30, "Days until trial credit expires; 0 means never.", minimum=0)
     sse_keepalive_s: float = _s(1.0, "Seconds between `: OPENROUTER PROCESSING` comments while a stream waits for its first token.", minimum=0.01)
     catalog_path: str = _s("", "Extra catalog TOML file whose providers and models add to or replace the built-in ones.")
     catalog_builtin: bool = _s(True, "Load the catalog that ships with Farebox (real providers and list prices).")
@@ -172,6 +176,10 @@ def load_settings(
         values[key] = raw
 
     settings = Settings(**values)
+    try:
+        parse_usd(settings.trial_credit_usd)
+    except MoneyFormatError as e:
+        raise ConfigError(f"trial_credit_usd: {e}") from None
     if settings.hold_timeout_s <= settings.upstream_timeout_s:
         raise ConfigError(
             "hold_timeout_s: must exceed upstream_timeout_s, or a hold could expire while its request still runs"

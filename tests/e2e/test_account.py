@@ -284,3 +284,12 @@ def test_a_second_server_on_the_same_database_refuses_to_start(gateway):
                             timeout=60)
     assert second.returncode == 2
     assert "in use by another Farebox process" in second.stderr
+
+
+def test_new_organizations_receive_the_trial_credit(make_gateway):
+    gw = make_gateway(trial_credit_usd="1.50", trial_expiry_days=14)
+    gw.org("trial")
+    assert gw.balance("trial") == Decimal("1.5")
+    key, _ = gw.key("trial")
+    status, credits, _ = http("GET", f"{gw.api}/credits", key=key)
+    assert status == 200 and credits["data"]["total_credits"] == Decimal("1.5")

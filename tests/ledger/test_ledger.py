@@ -16,7 +16,7 @@ import pytest
 from farebox.clock import FakeClock
 from farebox.errors import Conflict, InternalError
 from farebox.ledger.book import Book, Hold, KeyCap, Settlement
-from farebox.ledger.entries import GRANTS, REVENUE, wallet
+from farebox.ledger.entries import EXPIRED, GRANTS, REVENUE, wallet
 from farebox.ledger.ledger import Ledger
 from farebox.ledger.verify import verify_store
 from farebox.store import sqlite as ops
@@ -251,3 +251,62 @@ def test_a_cancelled_grant_that_commits_reaches_the_book(store: Store) -> None:
     asyncio.run(main())
     assert stored_balances(store)[W] == 1000
     assert ledger.book.balance(W) == 1000
+
+
+DAY_MS = 86_400_000
+
+
+def test_expired_lots_move_to_system_expired_and_survive_a_restart(store: Store) -> None:
+    clock = FakeClock()
+    ledger = make_ledger(store, clock)
+    book = ledger.book
+
+    async def main() -> None:
+        ledger.writer.start()
+        try:
+            await ledger.grant(1, 300, "trial", kind="trial", expires_at_ms=clock.now_ms() + DAY_MS)
+            await ledger.grant(1, 1000, "paid")
+            s = settle(book, book.hold("g", W, 100), 100, "charge:g", "g")  # the trial lot pays
+            await ledger.commit(s, None, generation("g", 100, 100))
+            assert await ledger.expire_lots() == 0  # not yet
+            clock.advance(DAY_MS / 1000)
+            assert await ledger.expire_lots() == 200
+            assert await ledger.expire_lots() == 0  # once
+        finally:
+            ledger.writer.stop()
+
+    asyncio.run(main())
+    assert book.balance(W) == book.lots[W].total() == 1000
+    assert book.balance(EXPIRED) == 200
+    assert stored_balances(store)[EXPIRED] == 200
+    report = verify_store(store.reader_conn)
+    assert report.ok, report.violations
+    fresh = make_ledger(store, clock)
+    fresh.load(store.reader_conn)
+    assert [(lot.kind, lot.remaining) for lot in fresh.book.lots[W].live] == [("grant", 1000)]
+    assert fresh.book.expiring(clock.now_ms() + 10 * DAY_MS) == []
+
+
+def test_an_expiry_waits_for_holds_placed_before_it(store: Store) -> None:
+    clock = FakeClock()
+    ledger = make_ledger(store, clock)
+    book = ledger.book
+
+    async def main() -> None:
+        ledger.writer.start()
+        try:
+            await ledger.grant(1, 100, "trial", kind="trial", expires_at_ms=clock.now_ms() + DAY_MS)
+            hold = book.hold("g", W, 80)  # reserved before the expiry
+            clock.advance(DAY_MS / 1000)
+            assert await ledger.expire_lots() == 20  # only what the hold leaves
+            s = settle(book, hold, 50, "charge:g", "g")
+            await ledger.commit(s, None, generation("g", 50, 50))
+            assert await ledger.expire_lots() == 30  # the rest, under its own reference
+        finally:
+            ledger.writer.stop()
+
+    asyncio.run(main())
+    assert book.balance(W) == 0 and book.balance(EXPIRED) == 50
+    refs = [r for (r,) in store.reader_conn.execute("SELECT reference FROM entries WHERE kind = 'expiry' ORDER BY id")]
+    assert len(refs) == 2 and len(set(refs)) == 2 and all(r.startswith("expire:lot:") for r in refs)
+    assert verify_store(store.reader_conn).ok

@@ -68,6 +68,11 @@ def _org_of(gw: Gateway, req: Request, body: dict[str, Any] | None = None) -> Or
 async def create_org(gw: Gateway, req: Request) -> Response:
     _auth(gw, req)
     org = await gw.directory.create_org(_name(await _body(req)))
+    if gw.trial_credit:
+        days = gw.settings.trial_expiry_days
+        expires = gw.clock.now_ms() + days * DAY_MS if days else None
+        await gw.ledger.grant(org.id, gw.trial_credit, f"org:{org.id}", "trial credit", kind="trial",
+                              expires_at_ms=expires)
     return json_response({"data": org_wire(gw, org)}, 201)
 
 
@@ -90,9 +95,14 @@ async def grant(gw: Gateway, req: Request) -> Response:
     if not isinstance(reference, str) or not reference.strip() or len(reference) > 200:
         raise BadRequest("reference must be a non-empty string (it makes the grant idempotent)", field="reference")
     memo = body.get("memo") if isinstance(body.get("memo"), str) else None
-    new, entry = await gw.ledger.grant(org.id, amount, reference.strip(), memo)
+    days = gw.settings.grant_expiry_days
+    expires = gw.clock.now_ms() + days * DAY_MS if days else None
+    new, entry = await gw.ledger.grant(org.id, amount, reference.strip(), memo, expires_at_ms=expires)
     return json_response({"data": {"reference": reference.strip(), "amount": usd_json(entry.amount),
                                    "replayed": not new, "organization": org_wire(gw, org)}}, 201 if new else 200)
+
+
+DAY_MS = 86_400_000
 
 
 # -- keys --------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ releases them, which is correct because nothing they reserved was charged.
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
 
 from farebox.clock import Clock
@@ -71,6 +72,7 @@ class Book:
         self.held: dict[str, int] = {}
         self.holds: dict[str, Hold] = {}
         self.lots: dict[str, Lots] = {}   # wallet account -> its credit lots (sum = its balance)
+        self.expiries: list[tuple[int, str, int]] = []  # heap of (expires_at_ms, wallet, lot id)
         self._synthetic_lot = 0            # ids for credit applied without a stored lot (tests, old rows)
 
     # -- reading -----------------------------------------------------------------
@@ -193,6 +195,8 @@ class Book:
                 lot = Lot(self._synthetic_lot, "grant", entry.amount, entry.created_at, None)
             assert lot.amount == entry.amount, (lot, entry)
             self.lots.setdefault(entry.to_account, Lots()).add(lot)
+            if lot.expires_at_ms is not None:
+                heapq.heappush(self.expiries, (lot.expires_at_ms, entry.to_account, lot.id))
         if is_wallet(entry.from_account):
             lots = self.lots.setdefault(entry.from_account, Lots())
             if from_lot is not None:
@@ -212,6 +216,45 @@ class Book:
                 self.lots[e.from_account].give_back(settlement.draws)
         if cap is not None and settlement.charged:
             cap.usage.remove(settlement.charged, settlement.settled_at)
+
+    def revert_entry(self, entry: Entry, lot_id: int) -> None:
+        """Undo an expiry or refund taken from `lot_id` whose entry could not be committed."""
+        self.balances[entry.from_account] += entry.amount
+        self.balances[entry.to_account] -= entry.amount
+        self.outflow[entry.from_account] -= entry.amount
+        self.inflow[entry.to_account] -= entry.amount
+        self.lots[entry.from_account].give_back([(lot_id, entry.amount)])
+        lot = self.lots[entry.from_account].by_id[lot_id]
+        if lot.expires_at_ms is not None:
+            heapq.heappush(self.expiries, (lot.expires_at_ms, entry.from_account, lot_id))
+
+    def set_lots(self, lots: dict[str, Lots]) -> None:
+        """Lots rebuilt from the store at start-up, with their pending expiries."""
+        self.lots = lots
+        self.expiries = [(lot.expires_at_ms, account, lot.id) for account, wallet_lots in lots.items()
+                         for lot in wallet_lots.live if lot.expires_at_ms is not None]
+        heapq.heapify(self.expiries)
+
+    def expiring(self, now_ms: int) -> list[tuple[str, int, int]]:
+        """(wallet, lot id, amount to expire now) for every lot past its expiry. The amount is
+        what the lot has left, but never more than the wallet's open holds leave available: a
+        request reserved before the expiry still gets paid, and the rest of the lot expires
+        at a later sweep, when those holds have settled."""
+        due: list[tuple[str, int, int]] = []
+        keep: list[tuple[int, str, int]] = []
+        while self.expiries and self.expiries[0][0] <= now_ms:
+            expires, account, lot_id = heapq.heappop(self.expiries)
+            lot = self.lots[account].by_id[lot_id]
+            if not lot.remaining:
+                continue
+            amount = min(lot.remaining, max(self.available(account), 0))
+            if amount:
+                due.append((account, lot_id, amount))
+            if amount < lot.remaining:
+                keep.append((expires, account, lot_id))  # held back by open holds: next sweep
+        for item in keep:
+            heapq.heappush(self.expiries, item)
+        return due
 
     def load(self, balances: dict[str, int], inflow: dict[str, int], outflow: dict[str, int]) -> None:
         self.balances.update(balances)

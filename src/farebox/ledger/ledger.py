@@ -12,7 +12,7 @@ from typing import Any
 from farebox.clock import Clock
 from farebox.errors import Conflict, InternalError
 from farebox.ledger.book import Book, KeyCap, Settlement
-from farebox.ledger.entries import GRANTS, Entry, wallet
+from farebox.ledger.entries import EXPIRED, GRANTS, Entry, wallet
 from farebox.ledger.lots import Lot, replay
 from farebox.store import sqlite as ops
 from farebox.store.writer import GroupWriter
@@ -32,7 +32,7 @@ class Ledger:
         inflow = dict(conn.execute("SELECT to_account, SUM(amount) FROM entries GROUP BY to_account"))
         outflow = dict(conn.execute("SELECT from_account, SUM(amount) FROM entries GROUP BY from_account"))
         self.book.load(balances, inflow, outflow)
-        self.book.lots = replay(*ops.wallet_history(conn))
+        self.book.set_lots(replay(*ops.wallet_history(conn)))
 
     async def grant(self, org_id: int, amount: int, reference: str, memo: str | None = None, *,
                     kind: str = "grant", expires_at_ms: int | None = None) -> tuple[bool, Entry]:
@@ -97,3 +97,29 @@ class Ledger:
             if expired:
                 self.expired_holds += len(expired)
                 log.warning("expired %d holds older than %ss", len(expired), self.book.hold_timeout_s)
+            try:
+                await self.expire_lots()
+            except Exception:
+                log.exception("the credit expiry sweep failed; it runs again at the next sweep")
+
+    async def expire_lots(self) -> int:
+        """Move what expired lots have left from their wallet to system:expired, one entry per
+        lot (its reference names the lot and how much of it was spent before, so a partial
+        expiry held back by open holds gets a reference of its own later). Returns the
+        nano-dollars expired."""
+        total = 0
+        now = self.clock.now_ms()
+        for account, lot_id, amount in self.book.expiring(now):
+            lot = self.book.lots[account].by_id[lot_id]
+            org_id = int(account.split(":")[1])
+            entry = Entry("expiry", account, EXPIRED, amount, f"expire:lot:{lot_id}:{lot.amount - lot.remaining}",
+                          now, org_id, memo=f"{lot.kind} credit expired unused")
+            self.book.apply(entry, from_lot=lot_id)
+            future = self.writer.submit(lambda conn, e=entry: ops.post_entries(conn, [e]))
+            try:
+                await asyncio.shield(future)
+            except Exception:
+                self.book.revert_entry(entry, lot_id)
+                raise
+            total += amount
+        return total
