@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from farebox.api.router import Api
+from farebox.billing.purchases import pricing_from
 from farebox.catalog.load import load_catalog
 from farebox.catalog.model import Catalog
 from farebox.clock import Clock
@@ -47,6 +48,7 @@ class Gateway:
                  catalog: Catalog | None = None, env: Mapping[str, str] | None = None) -> None:
         self.settings = settings
         self.trial_credit = parse_usd(settings.trial_credit_usd)  # nano-dollars for each new organization
+        self.purchase_pricing = pricing_from(settings)             # fees, packages, limits (checked here)
         self.clock = clock or Clock()
         self.ids = ids or Ids()
         self.catalog = catalog or load_catalog(builtin=settings.catalog_builtin, extra_path=settings.catalog_path,

@@ -293,3 +293,25 @@ def test_new_organizations_receive_the_trial_credit(make_gateway):
     key, _ = gw.key("trial")
     status, credits, _ = http("GET", f"{gw.api}/credits", key=key)
     assert status == 200 and credits["data"]["total_credits"] == Decimal("1.5")
+
+
+def test_a_recorded_bank_transfer_credits_the_purchase_and_its_bonus(gateway, org_name):
+    gateway.org(org_name)
+    key, _ = gateway.key(org_name)
+    status, q, _ = http("GET", f"{gateway.api}/credits/quote?amount=100&method=card", key=key)
+    assert status == 200 and q["data"] == {"method": "card", "credits": 100, "fee": Decimal("5.5"), "bonus": 15,
+                                           "charged": Decimal("105.5"), "credited": 115}
+    body = {"amount": "100", "method": "bank", "reference": "wire-2026-11-23"}
+    status, data, _ = http("POST", f"{gateway.api}/organizations/{org_name}/purchases", body,
+                           key=gateway.management_key)
+    assert status == 201 and data["data"]["credited"] == 115 and data["data"]["fee"] == 0
+    assert gateway.balance(org_name) == 115
+    status, data, _ = http("POST", f"{gateway.api}/organizations/{org_name}/purchases", body,
+                           key=gateway.management_key)
+    assert status == 200 and data["data"]["replayed"] is True
+    assert gateway.balance(org_name) == 115
+    status, data, _ = http("POST", f"{gateway.api}/organizations/{org_name}/purchases",
+                           {**body, "reference": "w2", "amount": "1"}, key=gateway.management_key)
+    assert status == 400 and data["error"]["metadata"]["field"] == "amount"
+    status, _, _ = http("POST", f"{gateway.api}/organizations/{org_name}/purchases", body, key=key)
+    assert status == 403  # an API key cannot record payments

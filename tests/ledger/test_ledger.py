@@ -16,7 +16,7 @@ import pytest
 from farebox.clock import FakeClock
 from farebox.errors import Conflict, InternalError
 from farebox.ledger.book import Book, Hold, KeyCap, Settlement
-from farebox.ledger.entries import EXPIRED, GRANTS, REVENUE, wallet
+from farebox.ledger.entries import BONUSES, EXPIRED, FEES, GRANTS, PAYMENTS, REVENUE, wallet
 from farebox.ledger.ledger import Ledger
 from farebox.ledger.verify import verify_store
 from farebox.store import sqlite as ops
@@ -310,3 +310,37 @@ def test_an_expiry_waits_for_holds_placed_before_it(store: Store) -> None:
     refs = [r for (r,) in store.reader_conn.execute("SELECT reference FROM entries WHERE kind = 'expiry' ORDER BY id")]
     assert len(refs) == 2 and len(set(refs)) == 2 and all(r.startswith("expire:lot:") for r in refs)
     assert verify_store(store.reader_conn).ok
+
+
+def test_a_purchase_credits_lots_books_the_fee_apart_and_replays_idempotently(store: Store) -> None:
+    clock = FakeClock()
+    ledger = make_ledger(store, clock)
+    book = ledger.book
+
+    async def main() -> None:
+        ledger.writer.start()
+        try:
+            new, stored = await ledger.purchase(1, "p1", method="card", credits=100_000, fee=5_500, bonus=15_000,
+                                                expires_at_ms=clock.now_ms() + 365 * DAY_MS)
+            assert new and [e.kind for e in stored] == ["purchase", "bonus"]
+            again, _ = await ledger.purchase(1, "p1", method="card", credits=100_000, fee=5_500, bonus=15_000,
+                                             expires_at_ms=None)
+            assert not again
+            with pytest.raises(Conflict):
+                await ledger.purchase(1, "p1", method="card", credits=1, fee=0, bonus=0, expires_at_ms=None)
+            s = settle(book, book.hold("g", W, 20_000), 20_000, "charge:g", "g")
+            await ledger.commit(s, None, generation("g", 20_000, 20_000))
+            assert s.draws == [(stored[1].id, 15_000), (stored[0].id, 5_000)]  # the bonus first
+        finally:
+            ledger.writer.stop()
+
+    asyncio.run(main())
+    assert book.balance(W) == 95_000 and book.balance(FEES) == 5_500
+    assert book.balance(PAYMENTS) == -105_500 and book.balance(BONUSES) == -15_000
+    assert stored_balances(store)[FEES] == 5_500
+    row = store.reader_conn.execute("SELECT method, credits, fee, bonus, status FROM purchases").fetchall()
+    assert row == [("card", 100_000, 5_500, 15_000, "paid")]
+    assert verify_store(store.reader_conn).ok
+    fresh = make_ledger(store, clock)
+    fresh.load(store.reader_conn)
+    assert [(lot.kind, lot.remaining, lot.purchase) for lot in fresh.book.lots[W].live] == [("purchase", 95_000, "p1")]

@@ -13,7 +13,7 @@ import pytest
 
 from farebox.clock import FakeClock
 from farebox.ledger.book import Book, KeyCap
-from farebox.ledger.entries import EXPIRED, GRANTS, OVERRUN, REVENUE, Entry, wallet
+from farebox.ledger.entries import EXPIRED, GRANTS, OVERRUN, REVENUE, SYSTEM_ACCOUNTS, Entry, wallet
 from farebox.ledger.verify import Report, verify_memory, verify_store
 from farebox.store import sqlite as ops
 from farebox.store.sqlite import Store
@@ -90,7 +90,7 @@ def test_a_clean_ledger_passes(live: Live) -> None:
     report = live.verify()
     assert report.ok, report.violations
     assert set(report.checks) == {"zero_sum", "balances", "floors", "generations", "orphans", "lots"}
-    assert report.counts == {"accounts": 6, "entries": 6, "generations": 4}
+    assert report.counts == {"accounts": len(SYSTEM_ACCOUNTS) + 2, "entries": 6, "generations": 4}
     assert report.warnings == [{"overrun": "g3", "amount_nanos": 500}]
     wire = report.wire()
     assert wire["ok"] is True and wire["violations"] == []
@@ -100,7 +100,7 @@ def test_an_empty_ledger_passes(tmp_path: Path) -> None:
     store = Store(tmp_path / "empty.db")
     try:
         report = verify_store(store.reader_conn)
-        assert report.ok and report.counts == {"accounts": 4, "entries": 0, "generations": 0}
+        assert report.ok and report.counts == {"accounts": len(SYSTEM_ACCOUNTS), "entries": 0, "generations": 0}
     finally:
         store.close()
 

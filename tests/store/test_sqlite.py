@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
-from farebox.ledger.entries import EXPIRED, GRANTS, OVERRUN, REVENUE, Entry, wallet
+from farebox.ledger.entries import GRANTS, OVERRUN, REVENUE, SYSTEM_ACCOUNTS, Entry, wallet
 from farebox.store import sqlite as ops
 from farebox.store.schema import MIGRATIONS
 from farebox.store.sqlite import Store, connect, migrate
@@ -72,7 +72,7 @@ def test_migrations_are_idempotent(tmp_path: Path) -> None:
         assert versions == [v for v, _ in MIGRATIONS]
         assert migrate(second.writer_conn) == max(v for v, _ in MIGRATIONS)
         assert [v for (v,) in second.reader_conn.execute("SELECT version FROM schema_migrations")] == versions
-        assert balances(second.reader_conn) == {GRANTS: 0, REVENUE: 0, OVERRUN: 0, EXPIRED: 0, W: 0}
+        assert balances(second.reader_conn) == {**dict.fromkeys(SYSTEM_ACCOUNTS, 0), W: 0}
     finally:
         second.close()
 
@@ -81,7 +81,7 @@ def test_store_creates_its_directory_and_system_accounts(tmp_path: Path) -> None
     s = Store(tmp_path / "deep" / "er" / "x.db")
     try:
         rows = s.reader_conn.execute("SELECT id, floored, balance FROM accounts ORDER BY id").fetchall()
-        assert rows == [(EXPIRED, 0, 0), (GRANTS, 0, 0), (OVERRUN, 0, 0), (REVENUE, 0, 0)]
+        assert rows == [(a, 0, 0) for a in sorted(SYSTEM_ACCOUNTS)]
         assert s.reader_conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     finally:
         s.close()
@@ -182,7 +182,7 @@ def test_post_entries_moves_balances(store: Store, writer: GroupWriter) -> None:
     writer.run_sync(lambda conn: ops.post_entries(conn, [grant_entry(100, "a"), grant_entry(50, "b")]))
     writer.run_sync(lambda conn: ops.post_entries(conn, [
         charge(30, "g"), Entry("overrun", OVERRUN, REVENUE, 9, "charge:g:overrun", 1, 1, "k", "g", "m")]))
-    assert balances(store.reader_conn) == {GRANTS: -150, W: 120, REVENUE: 39, OVERRUN: -9, EXPIRED: 0}
+    assert balances(store.reader_conn) == {**dict.fromkeys(SYSTEM_ACCOUNTS, 0), GRANTS: -150, W: 120, REVENUE: 39, OVERRUN: -9}
 
 
 # -- settle ---------------------------------------------------------------------------
@@ -266,8 +266,8 @@ def test_read_sync_and_read(store: Store) -> None:
     def count(conn: sqlite3.Connection, table: str) -> int:
         return conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
 
-    assert store.read_sync(count, "accounts") == 5  # four system accounts and one wallet
-    assert asyncio.run(store.read(count, "accounts")) == 5  # four system accounts and one wallet
+    assert store.read_sync(count, "accounts") == len(SYSTEM_ACCOUNTS) + 1  # and one wallet
+    assert asyncio.run(store.read(count, "accounts")) == len(SYSTEM_ACCOUNTS) + 1  # and one wallet
 
 
 def test_floor_also_holds_for_inserts_and_the_floored_flag(tmp_path):

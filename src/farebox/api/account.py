@@ -7,11 +7,13 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from farebox.api.admin import quote_wire
 from farebox.api.http import Request, Response, json_response
 from farebox.api.wire import generation_wire, key_wire
+from farebox.billing.purchases import quote
 from farebox.errors import BadRequest, NotFound
 from farebox.ledger.entries import wallet
-from farebox.money import usd_json
+from farebox.money import MoneyFormatError, parse_usd, usd_json
 
 if TYPE_CHECKING:
     from farebox.app import Gateway
@@ -56,3 +58,15 @@ async def generation(gw: Gateway, req: Request) -> Response:
 def _load_generation(conn: sqlite3.Connection, gen_id: str, org_id: int) -> dict[str, Any] | None:
     row = conn.execute("SELECT data FROM generations WHERE id = ? AND org_id = ?", (gen_id, org_id)).fetchone()
     return None if row is None else orjson.loads(row[0])
+
+
+async def quote_purchase(gw: Gateway, req: Request) -> Response:
+    """GET /credits/quote?amount=50&method=card: what buying that many credits charges and
+    brings (fee, bonus), before paying."""
+    gw.directory.authenticate(req.header(b"authorization"), allow="any")
+    try:
+        amount = parse_usd(req.query("amount") or "")
+    except MoneyFormatError as e:
+        raise BadRequest(f"amount: {e}", field="amount") from None
+    q = quote(gw.purchase_pricing, amount, req.query("method") or "card")
+    return json_response({"data": quote_wire(q)})

@@ -41,6 +41,7 @@ class Api:
             ("GET", f"{v1}/key"): account.key,
             ("GET", f"{v1}/auth/key"): account.key,
             ("GET", f"{v1}/credits"): account.credits,
+            ("GET", f"{v1}/credits/quote"): account.quote_purchase,
             ("GET", f"{v1}/keys"): admin.list_keys,
             ("POST", f"{v1}/keys"): admin.create_key,
             ("GET", f"{v1}/organizations"): admin.list_orgs,
@@ -55,6 +56,7 @@ class Api:
             ("DELETE", re.compile(rf"^{v1}/keys/(?P<hash>[0-9a-fA-F]+)$"), admin.delete_key),
             ("GET", re.compile(rf"^{v1}/organizations/(?P<org>[^/]+)$"), admin.get_org),
             ("POST", re.compile(rf"^{v1}/organizations/(?P<org>[^/]+)/credits$"), admin.grant),
+            ("POST", re.compile(rf"^{v1}/organizations/(?P<org>[^/]+)/purchases$"), admin.record_purchase),
         ]
         # Paths whose errors take another API's shape: the Anthropic Messages API's clients
         # read only Anthropic's, whether a handler or the router raised the error.

@@ -14,7 +14,10 @@ GRANTS = "system:grants"        # source of credits granted by an administrator
 REVENUE = "system:revenue"      # sink of inference charges
 OVERRUN = "system:overrun"      # source that pays what an upstream billed beyond the hold and the balance
 EXPIRED = "system:expired"      # sink of credit lots that expired unused
-SYSTEM_ACCOUNTS = (GRANTS, REVENUE, OVERRUN, EXPIRED)
+PAYMENTS = "system:payments"    # source of purchased credit: what buyers paid (credits and fees)
+FEES = "system:fees"            # sink of processing fees: never part of a wallet
+BONUSES = "system:bonuses"      # source of purchase bonuses
+SYSTEM_ACCOUNTS = (GRANTS, REVENUE, OVERRUN, EXPIRED, PAYMENTS, FEES, BONUSES)
 
 
 def wallet(org_id: int) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 from farebox.clock import Clock
 from farebox.errors import Conflict, InternalError
 from farebox.ledger.book import Book, KeyCap, Settlement
-from farebox.ledger.entries import EXPIRED, GRANTS, Entry, wallet
+from farebox.ledger.entries import BONUSES, EXPIRED, FEES, GRANTS, PAYMENTS, Entry, wallet
 from farebox.ledger.lots import Lot, replay
 from farebox.store import sqlite as ops
 from farebox.store.writer import GroupWriter
@@ -56,6 +56,38 @@ class Ledger:
         new, stored = await asyncio.shield(future)
         if (stored.to_account, stored.amount, stored.kind) != (entry.to_account, entry.amount, entry.kind):
             raise Conflict(f"Reference {reference!r} was already used for a different grant")
+        return new, stored
+
+    async def purchase(self, org_id: int, purchase_id: str, *, method: str, credits: int, fee: int, bonus: int,
+                       expires_at_ms: int | None, external_reference: str | None = None) -> tuple[bool, list[Entry]]:
+        """Credit a paid purchase: the credits and the bonus become lots of the wallet, the fee
+        goes to system:fees. Idempotent on `purchase_id`: a replay moves nothing."""
+        now = self.clock.now_ms()
+        account = wallet(org_id)
+        ref = f"purchase:{purchase_id}"
+        assert credits > 0 and fee >= 0 and bonus >= 0
+        memo = f"{method} purchase {purchase_id}"
+        credit_entry = Entry("purchase", PAYMENTS, account, credits, ref, now, org_id, memo=memo)
+        fee_entry = Entry("fee", PAYMENTS, FEES, fee, f"{ref}:fee", now, org_id, memo=memo) if fee else None
+        bonus_entry = Entry("bonus", BONUSES, account, bonus, f"{ref}:bonus", now, org_id, memo=memo) if bonus else None
+        future = self.writer.submit(lambda conn: ops.purchase(conn, purchase_id, org_id, method, credit_entry,
+                                                              fee_entry, bonus_entry, expires_at_ms, external_reference))
+
+        def applied(f: asyncio.Future[tuple[bool, list[Entry]]]) -> None:
+            # In a callback, as for grants: the book follows the database even if the caller is cancelled.
+            if f.cancelled() or f.exception() is not None or not f.result()[0]:
+                return
+            for stored in f.result()[1]:
+                assert stored.id is not None
+                self.book.apply(stored, Lot(stored.id, stored.kind, stored.amount, stored.created_at, expires_at_ms,
+                                            purchase=purchase_id))
+            if fee_entry is not None:
+                self.book.apply(fee_entry)
+
+        future.add_done_callback(applied)
+        new, stored = await asyncio.shield(future)
+        if not new and (not stored or stored[0].amount != credits or stored[0].to_account != account):
+            raise Conflict(f"Purchase {purchase_id!r} was already recorded with different terms")
         return new, stored
 
     async def commit(self, settlement: Settlement, cap: KeyCap | None, generation: dict[str, Any]) -> None:

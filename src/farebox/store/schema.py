@@ -113,4 +113,24 @@ CREATE TRIGGER lots_append_only_delete BEFORE DELETE ON lots
 BEGIN SELECT RAISE(ABORT, 'lots are append-only'); END;
 INSERT INTO accounts (id, org_id, kind, floored) VALUES ('system:expired', NULL, 'expired', 0);
 """),
+    (3, """
+-- Purchases of credit (issue 5). A paid purchase posts: payments -> wallet (the credits, a
+-- purchase lot), payments -> fees (the fee, never through the wallet) and bonuses ->
+-- wallet (the bonus, a promotional lot).
+CREATE TABLE purchases (
+    id TEXT PRIMARY KEY,
+    org_id INTEGER NOT NULL REFERENCES organizations(id),
+    method TEXT NOT NULL CHECK (method IN ('card', 'crypto', 'bank')),
+    credits INTEGER NOT NULL CHECK (credits > 0),
+    fee INTEGER NOT NULL CHECK (fee >= 0),
+    bonus INTEGER NOT NULL CHECK (bonus >= 0),
+    status TEXT NOT NULL CHECK (status IN ('paid')),
+    external_reference TEXT,
+    created_at INTEGER NOT NULL
+);
+INSERT INTO accounts (id, org_id, kind, floored) VALUES
+    ('system:payments', NULL, 'payments', 0),
+    ('system:fees', NULL, 'fees', 0),
+    ('system:bonuses', NULL, 'bonuses', 0);
+"""),
 ]

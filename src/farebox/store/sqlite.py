@@ -187,6 +187,33 @@ def grant(conn: sqlite3.Connection, entry: Entry, expires_at_ms: int | None = No
     return True, dataclasses.replace(entry, id=entry_id)
 
 
+def purchase(conn: sqlite3.Connection, purchase_id: str, org_id: int, method: str, credits: Entry, fee: Entry | None,
+             bonus: Entry | None, expires_at_ms: int | None, external_reference: str | None) -> tuple[bool, list[Entry]]:
+    """Record a paid purchase and post its entries and lots, unless `purchase_id` was seen
+    before; return (new, the stored credit entries with their ids: credits, then bonus)."""
+    row = conn.execute("SELECT credits, fee, bonus, method FROM purchases WHERE id = ?", (purchase_id,)).fetchone()
+    if row is not None:
+        stored = [Entry(k, s, d, a, r, c, o, memo=m, id=i) for k, s, d, a, r, c, o, m, i in conn.execute(
+            "SELECT kind, from_account, to_account, amount, reference, created_at, org_id, memo, id FROM entries"
+            " WHERE reference IN (?, ?) ORDER BY id", (credits.reference, f"{credits.reference}:bonus"))]
+        return False, stored
+    entries = [e for e in (credits, fee, bonus) if e is not None]
+    post_entries(conn, entries)
+    conn.execute("INSERT INTO purchases (id, org_id, method, credits, fee, bonus, status, external_reference,"
+                 " created_at) VALUES (?, ?, ?, ?, ?, ?, 'paid', ?, ?)",
+                 (purchase_id, org_id, method, credits.amount, fee.amount if fee else 0, bonus.amount if bonus else 0,
+                  external_reference, credits.created_at))
+    stored = []
+    for entry in (credits, bonus):
+        if entry is None:
+            continue
+        entry_id = conn.execute("SELECT id FROM entries WHERE reference = ?", (entry.reference,)).fetchone()[0]
+        conn.execute("INSERT INTO lots (entry_id, org_id, kind, expires_at, purchase_id) VALUES (?, ?, ?, ?, ?)",
+                     (entry_id, org_id, entry.kind, expires_at_ms, purchase_id))
+        stored.append(dataclasses.replace(entry, id=entry_id))
+    return True, stored
+
+
 def wallet_history(conn: sqlite3.Connection) -> tuple[Any, dict[int, tuple[str, int | None, str | None]]]:
     """Every entry into or out of a wallet in id order, and the stored lots: what
     `ledger.lots.replay` rebuilds the lots from."""
