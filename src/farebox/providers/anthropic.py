@@ -9,20 +9,17 @@ Anthropic answers 400 to any field it does not know.
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import orjson
 
-from farebox.catalog.model import Provider
 from farebox.clock import Clock
 from farebox.errors import BadRequest, ProviderError
 from farebox.ledger.pricing import Usage
 from farebox.providers.base import Call, Reply
 from farebox.providers.faults import Fault, by_status, provider_error
-from farebox.providers.http import Upstreams, invalid_response, read_json, read_line
+from farebox.providers.http import TranslatedStream, Upstreams, invalid_response, read_json, read_line
 
 ANTHROPIC_VERSION = "2023-06-01"
 REASONING_FORMAT = "anthropic-claude-v1"  # OpenRouter's `format` for Claude's reasoning_details
@@ -646,23 +643,10 @@ class AnthropicDialect:
         return AnthropicStream(provider, response, StreamTranslator(provider.name, int(self.clock.now())))
 
 
-class AnthropicStream:
+class AnthropicStream(TranslatedStream):
     """Server-sent events from /v1/messages, translated into OpenAI chunks."""
 
-    def __init__(self, provider: Provider, response: aiohttp.ClientResponse, translator: StreamTranslator) -> None:
-        self.provider = provider
-        self.response = response
-        self.translator = translator
-        self._pending: deque[dict[str, Any]] = deque()
-        self._closed = False
-
-    @property
-    def upstream_id(self) -> str | None:
-        return self.translator.upstream_id
-
-    @property
-    def usage(self) -> Usage | None:
-        return self.translator.usage
+    translator: StreamTranslator
 
     async def next(self) -> dict[str, Any] | None:
         while not self._pending and not self.translator.done:
@@ -676,8 +660,7 @@ class AnthropicStream:
                 self.close()
                 raise
             if self.translator.done:
-                self._closed = True
-                self.response.release()
+                self._finished()
         return self._pending.popleft() if self._pending else None
 
     async def _read_event(self) -> tuple[str, dict[str, Any]]:
@@ -715,8 +698,3 @@ class AnthropicStream:
             raise invalid_response(self.provider, payload)
         kind = parsed.get("type")
         return name or (kind if isinstance(kind, str) else ""), parsed
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self.response.close()

@@ -17,23 +17,20 @@ message's `reasoning_details` back onto the calls with those ids.
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
 import orjson
 
-from farebox.catalog.model import Provider
 from farebox.clock import Clock
 from farebox.errors import BadRequest, ProviderError
 from farebox.ids import Ids
 from farebox.ledger.pricing import Usage
 from farebox.providers.base import Call, Reply
 from farebox.providers.faults import Fault, by_status, provider_error
-from farebox.providers.http import Upstreams, invalid_response, read_json, read_line
+from farebox.providers.http import TranslatedStream, Upstreams, invalid_response, read_json, read_line
 
 SIGNATURE_FORMAT = "google-gemini-v1"  # reasoning_details `format` of the signatures we hand out
 _IDS = Ids()
@@ -624,36 +621,22 @@ class GeminiDialect:
         return GeminiStream(provider, response, StreamTranslator(call.endpoint.upstream_model, int(self.clock.now())))
 
 
-class GeminiStream:
+class GeminiStream(TranslatedStream):
     """Server-sent `data:` lines of streamed GenerateContentResponses, as OpenAI chunks.
 
     Gemini sends no [DONE]: the end of the body after a finishReason is the normal end, and
     reading on to it collects the usage that may follow the finish."""
 
-    def __init__(self, provider: Provider, response: aiohttp.ClientResponse, translator: StreamTranslator) -> None:
-        self.provider = provider
-        self.response = response
-        self.translator = translator
-        self._pending: deque[dict[str, Any]] = deque()
-        self._ended = False
-
-    @property
-    def upstream_id(self) -> str | None:
-        return self.translator.upstream_id
-
-    @property
-    def usage(self) -> Usage | None:
-        return self.translator.usage
+    translator: StreamTranslator
 
     async def next(self) -> dict[str, Any] | None:
         while not self._pending:
-            if self._ended:
+            if self._closed:
                 return None
             line = await read_line(self.provider, self.response)
             if not line:
                 if self.translator.done:
-                    self._ended = True
-                    self.response.release()
+                    self._finished()
                     return None
                 self.close()
                 raise ProviderError(f"{self.provider.name} closed the stream before it finished",
@@ -676,8 +659,3 @@ class GeminiStream:
                 self.close()
                 raise invalid_response(self.provider, payload) from None
         return self._pending.popleft()
-
-    def close(self) -> None:
-        if not self._ended:
-            self._ended = True
-            self.response.close()

@@ -8,6 +8,7 @@ another endpoint may be tried.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -121,3 +122,35 @@ async def _status_error(provider: Provider, response: aiohttp.ClientResponse, re
 def _describe(e: BaseException) -> str:
     text = str(e)
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+class TranslatedStream:
+    """What the streams of translating dialects (Anthropic, Gemini) share: the response,
+    a translator that turns upstream events into OpenAI chunks and keeps the upstream id
+    and usage, the chunks one event produced waiting to be handed out, and closing."""
+
+    def __init__(self, provider: Provider, response: aiohttp.ClientResponse, translator: Any) -> None:
+        self.provider = provider
+        self.response = response
+        self.translator = translator
+        self._pending: deque[dict[str, Any]] = deque()
+        self._closed = False
+
+    @property
+    def upstream_id(self) -> str | None:
+        return self.translator.upstream_id
+
+    @property
+    def usage(self) -> Any:
+        return self.translator.usage
+
+    def _finished(self) -> None:
+        """The upstream ended the stream properly: give the connection back to the pool."""
+        self._closed = True
+        self.response.release()
+
+    def close(self) -> None:
+        """Abort: drop the upstream connection (the client left, or the stream went wrong)."""
+        if not self._closed:
+            self._closed = True
+            self.response.close()
