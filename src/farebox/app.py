@@ -3,13 +3,23 @@ module that imports every layer."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import sqlite3
 from collections.abc import Mapping
 from pathlib import Path
 
+import aiohttp
+
 from farebox.api.router import Api
+from farebox.billing.notify import Notifier, SmtpSettings
+from farebox.billing.payments import Payments
+from farebox.billing.profiles import Profiles
 from farebox.billing.purchases import pricing_from
+from farebox.billing.stripe import Stripe
+from farebox.billing.topup import AutoTopUp
+from farebox.billing.watch import BalanceWatch
 from farebox.catalog.load import load_catalog
 from farebox.catalog.model import Catalog
 from farebox.clock import Clock
@@ -61,6 +71,7 @@ class Gateway:
         self.directory = Directory(self.writer, self.book, self.clock, self.ids)
         self.ledger.load(self.store.writer_conn)
         self.directory.load(self.store.writer_conn)
+        self._billing(settings)
         secret = read_or_create_secret(settings.management_key_file, self.ids.management_key)
         if not secret.startswith(MANAGEMENT_KEY_PREFIX):
             raise ValueError(f"{settings.management_key_file} does not hold a management key")
@@ -73,6 +84,45 @@ class Gateway:
         self.relay = Relay(catalog=self.catalog, dialects=dialects, ledger=self.ledger, settings=settings,
                            clock=self.clock)
         self._started = False
+        self._http: aiohttp.ClientSession | None = None
+        self._resuming: asyncio.Task[None] | None = None
+
+    def _billing(self, settings: Settings) -> None:
+        """The payment rail, auto top-up and the balance watch (issue 5)."""
+        conn = self.store.writer_conn
+        self.profiles = Profiles(self.writer, self.clock)
+        self.profiles.load(conn)
+        self.stripe = (Stripe(settings.stripe_api_base, settings.stripe_secret_key, timeout_s=settings.stripe_timeout_s)
+                       if settings.stripe_secret_key else None)
+
+        def org_name(org_id: int) -> str:
+            return self.directory.orgs[org_id].name
+
+        self.payments = Payments(settings=settings, pricing=self.purchase_pricing, ledger=self.ledger,
+                                 profiles=self.profiles, store=self.store, writer=self.writer, clock=self.clock,
+                                 org_name=org_name, new_id=lambda: self.ids.hex(12), stripe=self.stripe,
+                                 install=self._installation(conn))
+        self.topup = AutoTopUp(settings=settings, pricing=self.purchase_pricing, payments=self.payments,
+                               profiles=self.profiles, writer=self.writer, clock=self.clock,
+                               notify=lambda *event: self.watch.notify(*event))
+        self.payments.topup = self.topup
+        self.watch = BalanceWatch(profiles=self.profiles, topup=self.topup, clock=self.clock, org_name=org_name)
+        self.watch.load(conn, self.clock.now_ms())
+        self.book.watch = self.watch
+        self.alert_secret = (settings.alert_webhook_secret or read_or_create_secret(
+            settings.home_path / "alert_webhook_secret", lambda: "whsec_" + self.ids.hex(24)))
+
+    def _installation(self, conn: sqlite3.Connection) -> str:
+        """This database's random identity, made on first start (before the writer runs)."""
+        conn.execute("INSERT OR IGNORE INTO installation (id, token) VALUES (1, ?)", (self.ids.hex(8),))
+        return conn.execute("SELECT token FROM installation WHERE id = 1").fetchone()[0]
+
+    def _notifier(self, session: aiohttp.ClientSession) -> Notifier:
+        s = self.settings
+        smtp = (SmtpSettings(s.smtp_host, s.smtp_port, s.smtp_sender, s.smtp_username, s.smtp_password,
+                             s.smtp_starttls) if s.smtp_host else None)
+        return Notifier(smtp, self.alert_secret.encode(), session, self.clock, retries=s.alert_retries,
+                        backoff_s=s.alert_retry_s)
 
     async def start(self) -> None:
         if self._started:
@@ -81,11 +131,33 @@ class Gateway:
         self.writer.start()
         self.checkpointer.start()
         self.ledger.start()
+        self._http = aiohttp.ClientSession()
+        self.watch.notifier = self._notifier(self._http)
+        # Refunds and top-ups a restart interrupted, in the background: serving starts now.
+        self._resuming = asyncio.get_running_loop().create_task(self._resume())
+
+    async def _resume(self) -> None:
+        try:
+            await self.payments.resume()
+            await self.topup.resume()
+        except Exception:
+            log.exception("resuming pending refunds and top-ups failed")
 
     async def stop(self) -> None:
         if not self._started:
             return
         self._started = False
+        if self._resuming is not None:
+            self._resuming.cancel()
+        await self.topup.stop()
+        try:
+            await asyncio.wait_for(self.watch.drain(), 5)
+        except TimeoutError:
+            log.warning("alerts still being delivered at shutdown were dropped")
+        if self.stripe is not None:
+            await self.stripe.close()
+        if self._http is not None:
+            await self._http.close()
         await self.ledger.stop()
         await self.upstreams.close()
         self.writer.stop()

@@ -25,10 +25,9 @@ def usd(text: str) -> int:
     ("20", "card", "1.10", "0"),
     ("50", "card", "2.75", "5"),         # the $50 package: +10%
     ("100", "card", "5.50", "15"),
-    ("99.99", "card", "5.49945", "9.999"),  # just under $100: the $50 package's bonus
+    ("99.99", "card", "5.50", "9.999"),  # just under $100: the $50 package's bonus; 5.49945 rounds up to the cent
     ("500", "crypto", "25", "125"),
     ("250", "bank", "0", "50"),
-    ("5.000000001", "card", "0.80", "0"),
 ])
 def test_quotes(amount, method, fee, bonus):
     q = quote(PRICING, usd(amount), method)
@@ -36,9 +35,21 @@ def test_quotes(amount, method, fee, bonus):
     assert q.charged == usd(amount) + usd(fee) and q.credited == usd(amount) + usd(bonus)
 
 
-def test_fees_round_up_to_the_nano_dollar_once():
-    q = quote(PRICING, usd("33.333333333"), "crypto")  # 5% of it is 1.66666666665
-    assert q.fee == usd("1.666666667")
+def test_fees_round_up_to_the_cent_once_from_the_exact_figure():
+    q = quote(PRICING, usd("33.33"), "crypto")  # 5% of it is 1.6665
+    assert q.fee == usd("1.67") and q.charged_cents == 3500
+
+
+def test_a_purchase_is_whole_cents():
+    with pytest.raises(BadRequest, match="whole number of cents"):
+        quote(PRICING, usd("5.001"), "card")
+
+
+def test_tax_is_charged_on_credits_and_fee_rounded_up_to_the_cent():
+    taxed = pricing_from(Settings(invoice_tax_rate_percent="8.875"))
+    q = quote(taxed, usd("20"), "card")     # fee 1.10; 8.875% of 21.10 is 1.872625
+    assert (q.fee, q.tax, q.charged) == (usd("1.10"), usd("1.88"), usd("22.98"))
+    assert quote(PRICING, usd("20"), "card").tax == 0
 
 
 @pytest.mark.parametrize(("amount", "method", "field"), [

@@ -102,7 +102,8 @@ def test_migration_creates_every_guard(store: Store) -> None:
     triggers = {name for (name,) in store.reader_conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
     assert triggers == {"accounts_floor", "accounts_floor_insert", "accounts_floored_fixed",
                         "entries_append_only_update", "entries_append_only_delete",
-                        "lots_append_only_update", "lots_append_only_delete"}
+                        "lots_append_only_update", "lots_append_only_delete",
+                        "invoices_append_only_update", "invoices_append_only_delete"}
     statements = ops._statements(MIGRATIONS[0][1])
     assert sum("CREATE TRIGGER" in s for s in statements) == 5
     assert all(s.endswith("END;") for s in statements if "CREATE TRIGGER" in s)

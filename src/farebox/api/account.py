@@ -1,4 +1,4 @@
-"""Endpoints an API key calls about itself: /key, /credits, /generation."""
+"""Endpoints an API key calls about itself: /key, /generation, /credits/quote (the balance is api/credits.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ from farebox.api.http import Request, Response, json_response
 from farebox.api.wire import generation_wire, key_wire
 from farebox.billing.purchases import quote
 from farebox.errors import BadRequest, NotFound
-from farebox.ledger.entries import wallet
-from farebox.money import MoneyFormatError, parse_usd, usd_json
+from farebox.money import MoneyFormatError, parse_usd
 
 if TYPE_CHECKING:
     from farebox.app import Gateway
@@ -27,21 +26,6 @@ async def key(gw: Gateway, req: Request) -> Response:
         "rate_limit": {"requests": -1, "interval": "10s", "note": "This field is deprecated and safe to ignore."},
     })
     return json_response({"data": data})
-
-
-async def credits(gw: Gateway, req: Request) -> Response:
-    record = gw.directory.authenticate(req.header(b"authorization"), allow="any")
-    if record.is_management:
-        name = req.query("organization")
-        if not name:
-            raise BadRequest("With a management key, name the organization: ?organization=NAME",
-                             field="organization")
-        org = gw.directory.org(name)
-    else:
-        org = gw.directory.orgs[record.org_id]  # type: ignore[index]
-    account = wallet(org.id)
-    return json_response({"data": {"total_credits": usd_json(gw.book.inflow.get(account, 0)),
-                                   "total_usage": usd_json(gw.book.outflow.get(account, 0))}})
 
 
 async def generation(gw: Gateway, req: Request) -> Response:

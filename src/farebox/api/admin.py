@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from farebox.api.http import Request, Response, json_response, parse_iso
 from farebox.api.wire import key_wire, org_wire
-from farebox.billing.purchases import Quote, quote
+from farebox.billing.purchases import Quote
 from farebox.errors import BadRequest
 from farebox.ledger.entries import SYSTEM_ACCOUNTS
 from farebox.ledger.usage import PERIODS
@@ -114,24 +114,17 @@ async def record_purchase(gw: Gateway, req: Request) -> Response:
     body = await _body(req)
     amount = _usd(body.get("amount"), "amount", allow_zero=False)
     method = body.get("method")
-    if method not in ("bank", "crypto"):
-        raise BadRequest("method must be bank or crypto (card purchases go through Stripe)", field="method")
     reference = body.get("reference")
     if not isinstance(reference, str) or not reference.strip() or len(reference) > 200:
         raise BadRequest("reference must be a non-empty string (it makes the purchase idempotent)", field="reference")
-    q = quote(gw.purchase_pricing, amount, method)
-    days = gw.settings.purchase_expiry_days
-    expires = gw.clock.now_ms() + days * DAY_MS if days else None
-    new, _ = await gw.ledger.purchase(org.id, f"manual:{reference.strip()}", method=method, credits=q.credits,
-                                      fee=q.fee, bonus=q.bonus, expires_at_ms=expires,
-                                      external_reference=reference.strip())
+    new, q = await gw.payments.record_manual(org, amount, method, reference.strip())
     return json_response({"data": {**quote_wire(q), "reference": reference.strip(), "replayed": not new,
                                    "organization": org_wire(gw, org)}}, 201 if new else 200)
 
 
 def quote_wire(q: Quote) -> dict[str, Any]:
     return {"method": q.method, "credits": usd_json(q.credits), "fee": usd_json(q.fee), "bonus": usd_json(q.bonus),
-            "charged": usd_json(q.charged), "credited": usd_json(q.credited)}
+            "tax": usd_json(q.tax), "charged": usd_json(q.charged), "credited": usd_json(q.credited)}
 
 
 # -- keys --------------------------------------------------------------------------------

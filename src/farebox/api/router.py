@@ -8,7 +8,7 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from farebox.api import account, admin, chat, completions, messages
+from farebox.api import account, admin, chat, completions, credits, messages
 from farebox.api.catalog import ModelList
 from farebox.api.http import Request, Response, error_response, json_response, send_response
 from farebox.errors import FareboxError, InternalError, NotFound
@@ -40,8 +40,20 @@ class Api:
             ("GET", f"{v1}/generation"): account.generation,
             ("GET", f"{v1}/key"): account.key,
             ("GET", f"{v1}/auth/key"): account.key,
-            ("GET", f"{v1}/credits"): account.credits,
+            ("GET", f"{v1}/credits"): credits.credits,
             ("GET", f"{v1}/credits/quote"): account.quote_purchase,
+            ("GET", f"{v1}/credits/packages"): credits.packages,
+            ("POST", f"{v1}/credits/checkout"): credits.checkout,
+            ("GET", f"{v1}/credits/lots"): credits.lots,
+            ("GET", f"{v1}/credits/purchases"): credits.purchases,
+            ("GET", f"{v1}/credits/auto-topup"): credits.get_auto_topup,
+            ("PUT", f"{v1}/credits/auto-topup"): credits.put_auto_topup,
+            ("GET", f"{v1}/credits/topups"): credits.topups,
+            ("GET", f"{v1}/credits/alerts"): credits.get_alerts,
+            ("PUT", f"{v1}/credits/alerts"): credits.put_alerts,
+            ("GET", f"{v1}/credits/invoices"): credits.list_invoices,
+            ("GET", f"{v1}/credits/statement.csv"): credits.statement,
+            ("POST", f"{v1}/stripe/webhook"): credits.stripe_webhook,
             ("GET", f"{v1}/keys"): admin.list_keys,
             ("POST", f"{v1}/keys"): admin.create_key,
             ("GET", f"{v1}/organizations"): admin.list_orgs,
@@ -55,6 +67,9 @@ class Api:
             ("PATCH", re.compile(rf"^{v1}/keys/(?P<hash>[0-9a-fA-F]+)$"), admin.patch_key),
             ("DELETE", re.compile(rf"^{v1}/keys/(?P<hash>[0-9a-fA-F]+)$"), admin.delete_key),
             ("GET", re.compile(rf"^{v1}/organizations/(?P<org>[^/]+)$"), admin.get_org),
+            ("POST", re.compile(rf"^{v1}/credits/purchases/(?P<purchase>[A-Za-z0-9:_.-]+)/refund$"), credits.refund),
+            ("GET", re.compile(rf"^{v1}/credits/invoices/(?P<number>[0-9]{{1,12}})\.(?P<format>html|pdf)$"),
+             credits.get_invoice),
             ("POST", re.compile(rf"^{v1}/organizations/(?P<org>[^/]+)/credits$"), admin.grant),
             ("POST", re.compile(rf"^{v1}/organizations/(?P<org>[^/]+)/purchases$"), admin.record_purchase),
         ]

@@ -50,7 +50,8 @@ def org_wire(gw: Gateway, org: Organization) -> dict[str, Any]:
     return {
         "id": org.id, "name": org.name, "created_at": iso(org.created_at),
         "balance": usd_json(book.balance(account)), "available": usd_json(book.available(account)),
-        "total_credits": usd_json(book.inflow.get(account, 0)), "total_usage": usd_json(book.outflow.get(account, 0)),
+        "total_credits": usd_json(book.balance(account) + book.spent.get(account, 0)),
+        "total_usage": usd_json(book.spent.get(account, 0)),
         "workspaces": [{"id": wid, "name": name} for wid, name in sorted(org.workspaces.items())],
     }
 

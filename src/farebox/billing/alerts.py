@@ -205,6 +205,10 @@ class Alerts:
         runs_out_on = spend.runs_out_on(after_nanos, at_ms)
         return [Alert(org_id, org_name, t, after_nanos, average, runs_out_on, at_ms) for t in fired]
 
+    def disarmed(self, org_id: int) -> dict[str, int]:
+        """One organization's part of `snapshot`: {disarmed threshold name: its level}, a copy."""
+        return dict(self._disarmed.get(org_id, {}))
+
     def snapshot(self) -> dict[int, dict[str, int]]:
         """org -> {disarmed threshold name: the level it was disarmed at}; a copy, for persisting."""
         return {org: dict(names) for org, names in self._disarmed.items()}

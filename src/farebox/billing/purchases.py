@@ -6,6 +6,11 @@ payment method (card: a percentage with a minimum; crypto: a percentage; a bank 
 recorded by an administrator: a percentage, none by default). A purchase that matches a
 package's amount or more earns that package's bonus, credited on top and never charged.
 The fee is booked to its own account, never to the wallet (see `Ledger.purchase`).
+
+Purchases are paid through payment methods that move whole cents, so a purchase is a whole
+number of cents, and the fee (and the tax, when the operator charges one on what is paid)
+is rounded up to the cent once, from the exact figure. Every quote is therefore exactly
+what a card is charged.
 """
 
 from __future__ import annotations
@@ -42,6 +47,10 @@ class Pricing:
     packages: tuple[Package, ...]   # ascending by amount
     minimum: int
     maximum: int
+    tax_percent: Decimal | None = None   # charged on credits + fee; None: no tax line
+
+
+CENT = 10**7  # nano-dollars
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,20 +59,27 @@ class Quote:
     credits: int   # what the buyer asked for, credited to the wallet
     fee: int       # charged, booked to system:fees
     bonus: int     # credited, not charged
+    tax: int = 0   # charged, booked to system:taxes
 
     @property
     def charged(self) -> int:
-        return self.credits + self.fee
+        return self.credits + self.fee + self.tax
+
+    @property
+    def charged_cents(self) -> int:
+        assert self.charged % CENT == 0, self
+        return self.charged // CENT
 
     @property
     def credited(self) -> int:
         return self.credits + self.bonus
 
 
-def _percent_of(amount: int, percent: Decimal) -> int:
-    """amount × percent / 100, rounded up to the nano-dollar once (the project's one rule)."""
+def _percent_of(amount: int, percent: Decimal, unit: int = 1) -> int:
+    """amount × percent / 100, rounded up once to a multiple of `unit` nano-dollars (the
+    project's one rule: round up, once, from the exact figure)."""
     numerator, denominator = percent.as_integer_ratio()
-    return -(-amount * numerator // (100 * denominator))
+    return -(-amount * numerator // (100 * denominator * unit)) * unit
 
 
 def quote(pricing: Pricing, credits: int, method: str) -> Quote:
@@ -72,12 +88,16 @@ def quote(pricing: Pricing, credits: int, method: str) -> Quote:
     if not pricing.minimum <= credits <= pricing.maximum:
         raise BadRequest(f"A purchase must be between ${usd_text(pricing.minimum)} and ${usd_text(pricing.maximum)}",
                          field="amount")
+    if credits % CENT:
+        raise BadRequest("A purchase is a whole number of cents", field="amount")
     rule = pricing.fees[method]
-    fee = max(_percent_of(credits, rule.percent), rule.minimum)
+    fee = max(_percent_of(credits, rule.percent, CENT), rule.minimum)
     package = next((p for p in reversed(pricing.packages) if credits >= p.amount), None)
     bonus = _percent_of(credits, package.bonus_percent) if package else 0
-    result = Quote(method, credits, fee, bonus)
+    tax = _percent_of(credits + fee, pricing.tax_percent, CENT) if pricing.tax_percent else 0
+    result = Quote(method, credits, fee, bonus, tax)
     assert result.charged >= result.credits and result.credited >= result.credits
+    assert result.charged % CENT == 0, result
     return result
 
 
@@ -136,4 +156,8 @@ def pricing_from(settings: Settings) -> Pricing:
     maximum = read("purchase_maximum_usd", lambda: parse_usd(s.purchase_maximum_usd))
     if not 0 < minimum <= maximum:
         raise ConfigError("purchase_minimum_usd: must be positive and at most purchase_maximum_usd")
-    return Pricing(fees, packages, minimum, maximum)
+    if fees["card"].minimum % CENT:
+        raise ConfigError("purchase_fee_card_minimum_usd: must be a whole number of cents")
+    tax = read("invoice_tax_rate_percent", lambda: _percent(s.invoice_tax_rate_percent)
+               if s.invoice_tax_rate_percent else None)
+    return Pricing(fees, packages, minimum, maximum, tax or None)

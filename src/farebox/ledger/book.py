@@ -10,6 +10,7 @@ releases them, which is correct because nothing they reserved was charged.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from farebox.clock import Clock
@@ -74,6 +75,11 @@ class Book:
         self.lots: dict[str, Lots] = {}   # wallet account -> its credit lots (sum = its balance)
         self.expiries: list[tuple[int, str, int]] = []  # heap of (expires_at_ms, wallet, lot id)
         self._synthetic_lot = 0            # ids for credit applied without a stored lot (tests, old rows)
+        self.spent: dict[str, int] = {}   # wallet -> what charges took from it (`total_usage`)
+        # Called on every change of a wallet's balance, synchronously, as (wallet, before, after,
+        # charged): low-balance alerts and auto top-up watch here. It must be cheap and must not
+        # raise: it runs inside every settlement.
+        self.watch: Callable[[str, int, int, int], None] | None = None
 
     # -- reading -----------------------------------------------------------------
     def balance(self, account: str) -> int:
@@ -189,6 +195,14 @@ class Book:
         self.outflow[entry.from_account] = self.outflow.get(entry.from_account, 0) + entry.amount
         self.inflow[entry.to_account] = self.inflow.get(entry.to_account, 0) + entry.amount
         assert not is_floored(entry.from_account) or self.balances[entry.from_account] >= 0, entry
+        if entry.kind == "charge":
+            self.spent[entry.from_account] = self.spent.get(entry.from_account, 0) + entry.amount
+        if self.watch is not None:
+            for account, sign in ((entry.from_account, -1), (entry.to_account, 1)):
+                if is_wallet(account):
+                    after = self.balances[account]
+                    self.watch(account, after - sign * entry.amount, after,
+                               entry.amount if entry.kind == "charge" else 0)
         if is_wallet(entry.to_account):
             if lot is None:
                 self._synthetic_lot -= 1  # negative: never confused with a stored entry's id
@@ -208,10 +222,7 @@ class Book:
     def revert(self, settlement: Settlement, cap: KeyCap | None) -> None:
         """Undo a settlement whose entries could not be committed."""
         for e in settlement.entries:
-            self.balances[e.from_account] += e.amount
-            self.balances[e.to_account] -= e.amount
-            self.outflow[e.from_account] -= e.amount
-            self.inflow[e.to_account] -= e.amount
+            self._unpost(e)
             if is_wallet(e.from_account) and settlement.draws:
                 self.lots[e.from_account].give_back(settlement.draws)
         if cap is not None and settlement.charged:
@@ -219,14 +230,22 @@ class Book:
 
     def revert_entry(self, entry: Entry, lot_id: int) -> None:
         """Undo an expiry or refund taken from `lot_id` whose entry could not be committed."""
-        self.balances[entry.from_account] += entry.amount
-        self.balances[entry.to_account] -= entry.amount
-        self.outflow[entry.from_account] -= entry.amount
-        self.inflow[entry.to_account] -= entry.amount
+        self._unpost(entry)
         self.lots[entry.from_account].give_back([(lot_id, entry.amount)])
         lot = self.lots[entry.from_account].by_id[lot_id]
         if lot.expires_at_ms is not None:
             heapq.heappush(self.expiries, (lot.expires_at_ms, entry.from_account, lot_id))
+
+    def _unpost(self, e: Entry) -> None:
+        self.balances[e.from_account] += e.amount
+        self.balances[e.to_account] -= e.amount
+        self.outflow[e.from_account] -= e.amount
+        self.inflow[e.to_account] -= e.amount
+        if e.kind == "charge":
+            self.spent[e.from_account] -= e.amount
+        if self.watch is not None and is_wallet(e.from_account):
+            after = self.balances[e.from_account]
+            self.watch(e.from_account, after - e.amount, after, 0)
 
     def set_lots(self, lots: dict[str, Lots]) -> None:
         """Lots rebuilt from the store at start-up, with their pending expiries."""
@@ -256,7 +275,9 @@ class Book:
             heapq.heappush(self.expiries, item)
         return due
 
-    def load(self, balances: dict[str, int], inflow: dict[str, int], outflow: dict[str, int]) -> None:
+    def load(self, balances: dict[str, int], inflow: dict[str, int], outflow: dict[str, int],
+             spent: dict[str, int] | None = None) -> None:
+        self.spent.update(spent or {})
         self.balances.update(balances)
         self.inflow.update(inflow)
         self.outflow.update(outflow)

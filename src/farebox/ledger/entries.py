@@ -16,8 +16,10 @@ OVERRUN = "system:overrun"      # source that pays what an upstream billed beyon
 EXPIRED = "system:expired"      # sink of credit lots that expired unused
 PAYMENTS = "system:payments"    # source of purchased credit: what buyers paid (credits and fees)
 FEES = "system:fees"            # sink of processing fees: never part of a wallet
-BONUSES = "system:bonuses"      # source of purchase bonuses
-SYSTEM_ACCOUNTS = (GRANTS, REVENUE, OVERRUN, EXPIRED, PAYMENTS, FEES, BONUSES)
+BONUSES = "system:bonuses"      # source of purchase bonuses (and sink of bonuses forfeited by a refund)
+REFUNDS = "system:refunds"      # sink of purchased credit paid back to the buyer
+TAXES = "system:taxes"          # sink of tax charged on purchases: owed to the tax authority, never credit
+SYSTEM_ACCOUNTS = (GRANTS, REVENUE, OVERRUN, EXPIRED, PAYMENTS, FEES, BONUSES, REFUNDS, TAXES)
 
 
 def wallet(org_id: int) -> str:

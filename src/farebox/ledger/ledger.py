@@ -5,6 +5,7 @@ group-commit writer)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import sqlite3
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 from farebox.clock import Clock
 from farebox.errors import Conflict, InternalError
 from farebox.ledger.book import Book, KeyCap, Settlement
-from farebox.ledger.entries import BONUSES, EXPIRED, FEES, GRANTS, PAYMENTS, Entry, wallet
+from farebox.ledger.entries import BONUSES, EXPIRED, FEES, GRANTS, PAYMENTS, REFUNDS, TAXES, Entry, wallet
 from farebox.ledger.lots import Lot, replay
 from farebox.store import sqlite as ops
 from farebox.store.writer import GroupWriter
@@ -20,19 +21,33 @@ from farebox.store.writer import GroupWriter
 log = logging.getLogger("farebox.ledger")
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class RefundTerms:
+    purchase_id: str
+    org_id: int
+    amount: int      # nano-dollars paid back to the buyer
+    forfeited: int   # nano-dollars of the purchase's bonus taken back
+    status: str      # pending | succeeded | failed
+
+
 class Ledger:
     def __init__(self, book: Book, writer: GroupWriter, clock: Clock, sweep_interval_s: float) -> None:
         self.book, self.writer, self.clock = book, writer, clock
         self.sweep_interval_s = sweep_interval_s
         self.expired_holds = 0
+        self.refunds: dict[str, RefundTerms] = {}   # purchase id -> its refund, decided in memory first
         self._sweeper: asyncio.Task[None] | None = None
 
     def load(self, conn: sqlite3.Connection) -> None:
         balances = dict(conn.execute("SELECT id, balance FROM accounts"))
         inflow = dict(conn.execute("SELECT to_account, SUM(amount) FROM entries GROUP BY to_account"))
         outflow = dict(conn.execute("SELECT from_account, SUM(amount) FROM entries GROUP BY from_account"))
-        self.book.load(balances, inflow, outflow)
+        spent = dict(conn.execute("SELECT from_account, SUM(amount) FROM entries WHERE kind = 'charge'"
+                                  " GROUP BY from_account"))
+        self.book.load(balances, inflow, outflow, spent)
         self.book.set_lots(replay(*ops.wallet_history(conn)))
+        self.refunds = {pid: RefundTerms(pid, org, amount, forfeited, status) for pid, org, amount, forfeited, status
+                        in conn.execute("SELECT purchase_id, org_id, amount, forfeited, status FROM refunds")}
 
     async def grant(self, org_id: int, amount: int, reference: str, memo: str | None = None, *,
                     kind: str = "grant", expires_at_ms: int | None = None) -> tuple[bool, Entry]:
@@ -59,19 +74,23 @@ class Ledger:
         return new, stored
 
     async def purchase(self, org_id: int, purchase_id: str, *, method: str, credits: int, fee: int, bonus: int,
-                       expires_at_ms: int | None, external_reference: str | None = None) -> tuple[bool, list[Entry]]:
+                       expires_at_ms: int | None, external_reference: str | None = None, tax: int = 0,
+                       invoice: dict[str, Any] | None = None) -> tuple[bool, list[Entry]]:
         """Credit a paid purchase: the credits and the bonus become lots of the wallet, the fee
-        goes to system:fees. Idempotent on `purchase_id`: a replay moves nothing."""
+        goes to system:fees (and any tax to system:taxes), and `invoice` (its document) gets the next invoice number in the
+        same transaction. Idempotent on `purchase_id`: a replay moves nothing."""
         now = self.clock.now_ms()
         account = wallet(org_id)
         ref = f"purchase:{purchase_id}"
-        assert credits > 0 and fee >= 0 and bonus >= 0
+        assert credits > 0 and fee >= 0 and bonus >= 0 and tax >= 0
         memo = f"{method} purchase {purchase_id}"
         credit_entry = Entry("purchase", PAYMENTS, account, credits, ref, now, org_id, memo=memo)
         fee_entry = Entry("fee", PAYMENTS, FEES, fee, f"{ref}:fee", now, org_id, memo=memo) if fee else None
         bonus_entry = Entry("bonus", BONUSES, account, bonus, f"{ref}:bonus", now, org_id, memo=memo) if bonus else None
+        tax_entry = Entry("tax", PAYMENTS, TAXES, tax, f"{ref}:tax", now, org_id, memo=memo) if tax else None
         future = self.writer.submit(lambda conn: ops.purchase(conn, purchase_id, org_id, method, credit_entry,
-                                                              fee_entry, bonus_entry, expires_at_ms, external_reference))
+                                                              fee_entry, bonus_entry, expires_at_ms, external_reference,
+                                                              invoice, tax_entry))
 
         def applied(f: asyncio.Future[tuple[bool, list[Entry]]]) -> None:
             # In a callback, as for grants: the book follows the database even if the caller is cancelled.
@@ -81,14 +100,89 @@ class Ledger:
                 assert stored.id is not None
                 self.book.apply(stored, Lot(stored.id, stored.kind, stored.amount, stored.created_at, expires_at_ms,
                                             purchase=purchase_id))
-            if fee_entry is not None:
-                self.book.apply(fee_entry)
+            for other in (fee_entry, tax_entry):
+                if other is not None:
+                    self.book.apply(other)
 
         future.add_done_callback(applied)
         new, stored = await asyncio.shield(future)
         if not new and (not stored or stored[0].amount != credits or stored[0].to_account != account):
             raise Conflict(f"Purchase {purchase_id!r} was already recorded with different terms")
         return new, stored
+
+    async def refund(self, org_id: int, purchase_id: str, *, unit: int, record: Any) -> tuple[bool, RefundTerms]:
+        """Take back what a purchase's credit lot has left, rounded down to `unit` (a cent for a
+        card), and forfeit what its bonus lot has left: wallet -> system:refunds and wallet ->
+        system:bonuses, each entry naming its lot. Never more than the wallet's open holds leave
+        available, so a request reserved before the refund still gets paid. Decided in memory
+        at once (a concurrent charge cannot spend the same credit) and committed with the
+        refund's row, `record(conn)`. Idempotent on the purchase: a second call returns the
+        first refund's terms and moves nothing."""
+        if purchase_id in self.refunds:
+            return False, self.refunds[purchase_id]
+        account = wallet(org_id)
+        lots = self.book.lots.get(account)
+        mine = [lot for lot in lots.by_id.values() if lot.purchase == purchase_id] if lots else []
+        credit = next((lot for lot in mine if lot.kind == "purchase"), None)
+        bonus = next((lot for lot in mine if lot.kind == "bonus"), None)
+        if credit is None:
+            raise Conflict(f"Purchase {purchase_id} has no credit in this organization's balance")
+        available = max(self.book.available(account), 0)
+        amount = min(credit.remaining, available) // unit * unit
+        if amount == 0:
+            raise Conflict(f"Nothing of purchase {purchase_id} is left to refund")
+        forfeit = min(bonus.remaining, available - amount) if bonus is not None else 0
+        now = self.clock.now_ms()
+        memo = f"refund of purchase {purchase_id}"
+        taken = [(Entry("refund", account, REFUNDS, amount, f"refund:lot:{credit.id}:{purchase_id}", now, org_id,
+                        memo=memo), credit.id)]
+        if forfeit:
+            assert bonus is not None
+            taken.append((Entry("forfeit", account, BONUSES, forfeit, f"refund:lot:{bonus.id}:{purchase_id}", now,
+                                org_id, memo=f"bonus forfeited by the {memo}"), bonus.id))
+        terms = RefundTerms(purchase_id, org_id, amount, forfeit, "pending")
+        self.refunds[purchase_id] = terms
+        for entry, lot_id in taken:
+            self.book.apply(entry, from_lot=lot_id)
+
+        def write(conn: sqlite3.Connection) -> None:
+            ops.post_entries(conn, [e for e, _ in taken])
+            record(conn, terms)
+
+        try:
+            await asyncio.shield(self.writer.submit(write))
+        except Exception:
+            for entry, lot_id in reversed(taken):
+                self.book.revert_entry(entry, lot_id)
+            del self.refunds[purchase_id]
+            raise
+        return True, terms
+
+    async def restore_refund(self, terms: RefundTerms, expires_at_ms: int | None, record: Any) -> None:
+        """A refund the payment rail refused for good: the credit (and the forfeited bonus) go
+        back to the wallet as lots of the same purchase, and `record(conn)` marks it failed."""
+        now = self.clock.now_ms()
+        account = wallet(terms.org_id)
+        back = [(Entry("refund_failed", REFUNDS, account, terms.amount, f"refund-failed:{terms.purchase_id}", now,
+                       terms.org_id, memo=f"refund of purchase {terms.purchase_id} failed"), "purchase")]
+        if terms.forfeited:
+            back.append((Entry("refund_failed", BONUSES, account, terms.forfeited,
+                               f"refund-failed:{terms.purchase_id}:bonus", now, terms.org_id,
+                               memo=f"bonus restored: refund of purchase {terms.purchase_id} failed"), "bonus"))
+        future = self.writer.submit(lambda conn: ops.restore_refund(conn, [e for e, _ in back], [k for _, k in back],
+                                                                    expires_at_ms, terms.purchase_id, record))
+
+        def applied(f: asyncio.Future[list[Entry]]) -> None:
+            if f.cancelled() or f.exception() is not None:
+                return
+            for stored, (_, kind) in zip(f.result(), back, strict=True):
+                assert stored.id is not None
+                self.book.apply(stored, Lot(stored.id, kind, stored.amount, stored.created_at, expires_at_ms,
+                                            purchase=terms.purchase_id))
+
+        future.add_done_callback(applied)
+        await asyncio.shield(future)
+        self.refunds[terms.purchase_id] = dataclasses.replace(terms, status="failed")
 
     async def commit(self, settlement: Settlement, cap: KeyCap | None, generation: dict[str, Any]) -> None:
         """Make a settlement and its generation record durable, or undo it in memory."""

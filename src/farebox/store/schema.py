@@ -133,4 +133,87 @@ INSERT INTO accounts (id, org_id, kind, floored) VALUES
     ('system:fees', NULL, 'fees', 0),
     ('system:bonuses', NULL, 'bonuses', 0);
 """),
+    (4, """
+-- The payment rail and what it leaves behind (issue 5).
+-- An organization's billing profile: its Stripe customer and saved card (for auto top-up),
+-- auto top-up terms, and low-balance alert thresholds (JSON) with their armed state.
+CREATE TABLE billing_profiles (
+    org_id INTEGER PRIMARY KEY REFERENCES organizations(id),
+    email TEXT,
+    stripe_customer TEXT,
+    payment_method TEXT,
+    card_label TEXT,
+    topup_enabled INTEGER NOT NULL DEFAULT 0,
+    topup_threshold INTEGER CHECK (topup_threshold IS NULL OR topup_threshold >= 0),
+    topup_amount INTEGER CHECK (topup_amount IS NULL OR topup_amount > 0),
+    topup_disabled_reason TEXT,
+    alerts TEXT NOT NULL DEFAULT '[]',
+    alerts_disarmed TEXT NOT NULL DEFAULT '{}',
+    updated_at INTEGER NOT NULL
+);
+-- This database's random identity. It goes into Stripe metadata and idempotency keys: two
+-- Farebox databases sharing one Stripe account (staging and production, a restored copy)
+-- must neither act on each other's events nor collide on each other's keys.
+CREATE TABLE installation (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    token TEXT NOT NULL
+);
+-- Every Stripe event acted on, so a replayed delivery is recognised and ignored.
+CREATE TABLE stripe_events (
+    id TEXT PRIMARY KEY,
+    type TEXT NOT NULL,
+    received_at INTEGER NOT NULL
+);
+-- Auto top-ups: one row per top-up started. `key_seq` numbers the Stripe idempotency key of
+-- the current charge attempt: a retry after an unknown outcome reuses it, one after a
+-- decline takes the next.
+CREATE TABLE topups (
+    id INTEGER PRIMARY KEY,
+    org_id INTEGER NOT NULL REFERENCES organizations(id),
+    credits INTEGER NOT NULL CHECK (credits > 0),
+    fee INTEGER NOT NULL CHECK (fee >= 0),
+    bonus INTEGER NOT NULL CHECK (bonus >= 0),
+    tax INTEGER NOT NULL DEFAULT 0 CHECK (tax >= 0),
+    status TEXT NOT NULL CHECK (status IN ('pending', 'paid', 'failed')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    key_seq INTEGER NOT NULL DEFAULT 0,
+    payment_intent TEXT,
+    error TEXT,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE INDEX topups_org ON topups (org_id, id);
+-- Refunds of card purchases: the entries move first (wallet -> refunds, the bonus back to
+-- bonuses), then Stripe is asked; `status` follows Stripe's answer.
+CREATE TABLE refunds (
+    purchase_id TEXT PRIMARY KEY REFERENCES purchases(id),
+    org_id INTEGER NOT NULL,
+    amount INTEGER NOT NULL CHECK (amount > 0),
+    forfeited INTEGER NOT NULL CHECK (forfeited >= 0),
+    status TEXT NOT NULL CHECK (status IN ('pending', 'succeeded', 'failed')),
+    stripe_refund TEXT,
+    error TEXT,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+-- Invoices, numbered without gaps: a purchase and its invoice commit in one transaction.
+-- `data` is the finished document (seller, buyer, lines, tax) as issued: settings changed
+-- later do not rewrite an issued invoice.
+CREATE TABLE invoices (
+    number INTEGER PRIMARY KEY,
+    org_id INTEGER NOT NULL REFERENCES organizations(id),
+    purchase_id TEXT NOT NULL UNIQUE REFERENCES purchases(id),
+    issued_at INTEGER NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE INDEX invoices_org ON invoices (org_id, number);
+CREATE TRIGGER invoices_append_only_update BEFORE UPDATE ON invoices
+BEGIN SELECT RAISE(ABORT, 'invoices are append-only'); END;
+CREATE TRIGGER invoices_append_only_delete BEFORE DELETE ON invoices
+BEGIN SELECT RAISE(ABORT, 'invoices are append-only'); END;
+CREATE INDEX entries_org ON entries (org_id, created_at);
+INSERT INTO accounts (id, org_id, kind, floored) VALUES
+    ('system:refunds', NULL, 'refunds', 0),
+    ('system:taxes', NULL, 'taxes', 0);
+"""),
 ]

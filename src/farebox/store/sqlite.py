@@ -188,16 +188,18 @@ def grant(conn: sqlite3.Connection, entry: Entry, expires_at_ms: int | None = No
 
 
 def purchase(conn: sqlite3.Connection, purchase_id: str, org_id: int, method: str, credits: Entry, fee: Entry | None,
-             bonus: Entry | None, expires_at_ms: int | None, external_reference: str | None) -> tuple[bool, list[Entry]]:
-    """Record a paid purchase and post its entries and lots, unless `purchase_id` was seen
-    before; return (new, the stored credit entries with their ids: credits, then bonus)."""
+             bonus: Entry | None, expires_at_ms: int | None, external_reference: str | None,
+             invoice: dict[str, Any] | None = None, tax: Entry | None = None) -> tuple[bool, list[Entry]]:
+    """Record a paid purchase and post its entries and lots, and issue its invoice (the next
+    number), unless `purchase_id` was seen before; return (new, the stored credit entries
+    with their ids: credits, then bonus)."""
     row = conn.execute("SELECT credits, fee, bonus, method FROM purchases WHERE id = ?", (purchase_id,)).fetchone()
     if row is not None:
         stored = [Entry(k, s, d, a, r, c, o, memo=m, id=i) for k, s, d, a, r, c, o, m, i in conn.execute(
             "SELECT kind, from_account, to_account, amount, reference, created_at, org_id, memo, id FROM entries"
             " WHERE reference IN (?, ?) ORDER BY id", (credits.reference, f"{credits.reference}:bonus"))]
         return False, stored
-    entries = [e for e in (credits, fee, bonus) if e is not None]
+    entries = [e for e in (credits, fee, bonus, tax) if e is not None]
     post_entries(conn, entries)
     conn.execute("INSERT INTO purchases (id, org_id, method, credits, fee, bonus, status, external_reference,"
                  " created_at) VALUES (?, ?, ?, ?, ?, ?, 'paid', ?, ?)",
@@ -211,7 +213,29 @@ def purchase(conn: sqlite3.Connection, purchase_id: str, org_id: int, method: st
         conn.execute("INSERT INTO lots (entry_id, org_id, kind, expires_at, purchase_id) VALUES (?, ?, ?, ?, ?)",
                      (entry_id, org_id, entry.kind, expires_at_ms, purchase_id))
         stored.append(dataclasses.replace(entry, id=entry_id))
+    if invoice is not None:
+        conn.execute("INSERT INTO invoices (number, org_id, purchase_id, issued_at, data)"
+                     " SELECT COALESCE(MAX(number), 0) + 1, ?, ?, ?, ? FROM invoices",
+                     (org_id, purchase_id, credits.created_at, orjson.dumps(invoice)))
     return True, stored
+
+
+def _stored_id(conn: sqlite3.Connection, reference: str) -> int:
+    return conn.execute("SELECT id FROM entries WHERE reference = ?", (reference,)).fetchone()[0]
+
+
+def restore_refund(conn: sqlite3.Connection, entries: list[Entry], kinds: list[str], expires_at_ms: int | None,
+                   purchase_id: str, record: Callable[[sqlite3.Connection], None]) -> list[Entry]:
+    """Credit a failed refund back as lots of its purchase; returns the stored entries."""
+    post_entries(conn, entries)
+    stored = []
+    for entry, kind in zip(entries, kinds, strict=True):
+        entry_id = _stored_id(conn, entry.reference)
+        conn.execute("INSERT INTO lots (entry_id, org_id, kind, expires_at, purchase_id) VALUES (?, ?, ?, ?, ?)",
+                     (entry_id, entry.org_id, kind, expires_at_ms, purchase_id))
+        stored.append(dataclasses.replace(entry, id=entry_id))
+    record(conn)
+    return stored
 
 
 def wallet_history(conn: sqlite3.Connection) -> tuple[Any, dict[int, tuple[str, int | None, str | None]]]:

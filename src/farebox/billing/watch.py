@@ -1,0 +1,110 @@
+"""The balance watch: what happens when an organization's balance changes. It runs inside
+every wallet change (`Book.watch`), synchronously, so it only decides; anything slow
+(sending an alert, charging a card) is started as a task.
+
+- average daily spend per organization (`SpendWindow`), for the alerts' projection;
+- auto top-up, when a change takes the balance below the organization's threshold;
+- low-balance alerts, once per downward crossing of each threshold, delivered by email
+  and signed webhook in the background. The armed state is stored with the profile, so a
+  restart neither repeats nor forgets an alert.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Callable
+from typing import Any
+
+from farebox.billing.alerts import Alerts, SpendWindow
+from farebox.billing.notify import Notifier
+from farebox.billing.profiles import Profiles
+from farebox.billing.topup import AutoTopUp
+from farebox.clock import Clock
+
+log = logging.getLogger("farebox.alerts")
+DAY_MS = 86_400_000
+
+
+class BalanceWatch:
+    def __init__(self, *, profiles: Profiles, topup: AutoTopUp, clock: Clock, org_name: Callable[[int], str],
+                 spend_days: int = 7) -> None:
+        self.profiles, self.topup, self.clock, self.org_name = profiles, topup, clock, org_name
+        self.alerts = Alerts(profiles.thresholds)
+        self.spend: dict[int, SpendWindow] = {}
+        self.spend_days = spend_days
+        self.notifier: Notifier | None = None   # set once the server's HTTP session exists
+        self.sent: list[Any] = []               # delivery reports, newest last (bounded), for operations
+        self._orgs: dict[str, int] = {}         # wallet account -> org id, parsed once
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def load(self, conn: sqlite3.Connection, now_ms: int) -> None:
+        """Average spend from the last days' charges, and the stored armed state."""
+        since = (now_ms // DAY_MS - self.spend_days) * DAY_MS
+        for org_id, day, total in conn.execute(
+                "SELECT org_id, created_at / ? AS day, SUM(amount) FROM entries"
+                " WHERE kind = 'charge' AND created_at >= ? GROUP BY org_id, day", (DAY_MS, since)):
+            self._window(org_id).add(total, day * DAY_MS)
+        self.alerts.restore({p.org_id: p.alerts_disarmed for p in self.profiles.by_org.values()
+                             if p.alerts_disarmed})
+
+    def _window(self, org_id: int) -> SpendWindow:
+        window = self.spend.get(org_id)
+        if window is None:
+            window = self.spend[org_id] = SpendWindow(self.spend_days)
+        return window
+
+    def __call__(self, account: str, before: int, after: int, charged: int) -> None:
+        org_id = self._orgs.get(account)
+        if org_id is None:
+            org_id = self._orgs[account] = int(account.split(":")[1])
+        now = self.clock.now_ms()
+        if charged:
+            self._window(org_id).add(charged, now)
+        if after < before:
+            self.topup.observe(org_id, after)
+        if not self.profiles.thresholds(org_id):
+            return
+        disarmed = self.alerts.disarmed(org_id)
+        fired = self.alerts.observe(org_id, self.org_name(org_id), before, after, at_ms=now,
+                                    spend=self._window(org_id))
+        state = self.alerts.disarmed(org_id)
+        if state != disarmed:
+            self._start(self.profiles.update(org_id, alerts_disarmed=state))
+        for alert in fired:
+            log.info("organization %s: balance %s crossed below %s", org_id, after, alert.threshold.name)
+            if self.notifier is not None:
+                self._start(self._deliver(self.notifier.deliver(alert)))
+
+    async def _deliver(self, delivery: Any) -> None:
+        report = await delivery
+        self.sent.append(report)
+        del self.sent[:-100]
+
+    async def notify(self, org_id: int, kind: str, data: dict[str, Any], subject: str, text: str) -> None:
+        """An account event (e.g. auto top-up disabled) to every alert recipient of the
+        organization and its billing email."""
+        profile = self.profiles.get(org_id)
+        emails = sorted({e for t in profile.alerts for e in t.emails} | ({profile.email} if profile.email else set()))
+        webhooks = sorted({w for t in profile.alerts for w in t.webhooks})
+        if self.notifier is None or not (emails or webhooks):
+            log.warning("organization %s: %s, and no one to tell", org_id, kind)
+            return
+        report = await self.notifier.send_event(kind, {"org": {"id": org_id, "name": self.org_name(org_id)}, **data},
+                                                emails, webhooks, subject=subject, text=text)
+        self.sent.append(report)
+
+    def _start(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("balance watch task failed: %r", task.exception())
+
+    async def drain(self) -> None:
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
