@@ -39,15 +39,25 @@ def test_demo_serves_simulated_models_to_a_funded_key(tmp_path):
         assert models["sim/large"]["context_length"] == 200000
         assert models["sim/large"]["top_provider"]["max_completion_tokens"] == 64000
         assert models["sim/small:free"]["pricing"]["completion"] == "0"
+        # Buying credits works in the demo: its fake Stripe's Checkout, paid as a buyer would.
+        status, started, _ = http("POST", f"{info['base_url']}/credits/checkout", {"amount": "25"},
+                                  key=info["api_key"])
+        assert status == 201 and started["data"]["charged"] == Decimal("26.38")
+        origin = started["data"]["url"].split("/c/pay/")[0]
+        status, _, _ = http("POST", f"{origin}/_fake/checkout/sessions/{started['data']['checkout_id']}/complete", {})
+        assert status == 200
+        status, credits, _ = http("GET", f"{info['base_url']}/credits", key=info["api_key"])
+        assert credits["data"]["purchased"] == 25
         status, report, _ = http("GET", f"{info['base_url']}/ledger/verify", key=info["management_key"])
         assert report["data"]["ok"]
     finally:
         proc.stop()
-    # A second start keeps the organization, the key and the (idempotent) $10 grant.
+    # A second start keeps the organization, the key, the purchase and the (idempotent) $10 grant.
     proc, again = start_demo(tmp_path)
     try:
         assert again["api_key"] == info["api_key"]
         status, credits, _ = http("GET", f"{again['base_url']}/credits", key=again["api_key"])
-        assert credits["data"]["total_credits"] == Decimal("10")
+        assert credits["data"]["total_credits"] - credits["data"]["total_usage"] == credits["data"]["balance"]
+        assert (credits["data"]["granted"], credits["data"]["purchased"]) == (10, 25)
     finally:
         proc.stop()

@@ -9,6 +9,7 @@ the roles' business (members and roles come with governance).
 from __future__ import annotations
 
 import datetime as dt
+import re
 import sqlite3
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,7 @@ WEBHOOK_BODY_MAX = 1024 * 1024   # Stripe events are far smaller
 THRESHOLDS_MAX = 10
 RECIPIENTS_MAX = 20
 DAY_MS = 86_400_000
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 def _org(gw: Gateway, req: Request, body: dict[str, Any] | None = None) -> Organization:
@@ -316,6 +318,8 @@ async def statement(gw: Gateway, req: Request) -> Response:
 def _day(value: str | None, field: str, default: int) -> int:
     if value is None:
         return default
+    if not _DATE.fullmatch(value):   # fromisoformat also reads 20261123 and 2026-W48-1
+        raise BadRequest(f"{field} must be a date such as 2026-11-01", field=field)
     try:
         return (dt.date.fromisoformat(value) - dt.date(1970, 1, 1)).days
     except ValueError:

@@ -106,8 +106,14 @@ async def _demo(settings: Settings, sim_port: int, as_json: bool) -> None:
     from farebox.catalog.simulated import SIM_MODELS, sim_catalog
     from farebox.ids import key_hash
     from farebox.sim.server import start as start_sim
+    from farebox.sim.stripe import start as start_fake_stripe
 
     runner, bound_sim = await start_sim(settings.host, sim_port)
+    # A fake Stripe stands in for the payment rail, so buying credits works in the demo too.
+    stripe_runner, bound_stripe = await start_fake_stripe(settings.host, 0)
+    stripe_url = f"http://{settings.host}:{bound_stripe}"
+    settings = settings.replace(stripe_secret_key="sk_test_demo", stripe_webhook_secret="whsec_demo",
+                                stripe_api_base=stripe_url)
     home = settings.home_path
     home.mkdir(parents=True, exist_ok=True)
     Path(settings.catalog_path).write_text(sim_catalog(f"http://{settings.host}:{bound_sim}/v1"))
@@ -128,8 +134,10 @@ async def _demo(settings: Settings, sim_port: int, as_json: bool) -> None:
         await asyncio.sleep(0.01)
     if not server.started:
         await runner.cleanup()
+        await stripe_runner.cleanup()
         raise typer.Exit(1)
     base_url = f"http://{settings.host}:{_bound_port(server)}/api/v1"
+    await _register_stripe_webhook(stripe_url, f"{base_url}/stripe/webhook", settings.stripe_webhook_secret)
     management = settings.management_key_file.read_text().strip()
     if as_json:
         print(json.dumps({"base_url": base_url, "api_key": api_key, "management_key": management,
@@ -141,6 +149,15 @@ async def _demo(settings: Settings, sim_port: int, as_json: bool) -> None:
         await task
     finally:
         await runner.cleanup()
+        await stripe_runner.cleanup()
+
+
+async def _register_stripe_webhook(stripe_url: str, endpoint: str, secret: str) -> None:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session, session.post(
+            f"{stripe_url}/_fake/webhooks", json={"url": endpoint, "secret": secret}) as response:
+        response.raise_for_status()
 
 
 _DEMO_TEXT = """
@@ -163,6 +180,9 @@ Try it:
 print(c.chat.completions.create(model="sim/small", messages=[{{"role": "user", "content": "Hello"}}]))'
 
   curl {base_url}/credits -H "Authorization: Bearer {api_key}"
+
+  # buy $25 of credits: open the returned "url" (a fake Stripe Checkout) and press Pay
+  curl {base_url}/credits/checkout -H "Authorization: Bearer {api_key}" -d '{{"amount": "25"}}'
 
 Press Ctrl+C to stop.
 """
