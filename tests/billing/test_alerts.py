@@ -301,3 +301,16 @@ def test_the_payload_carries_exact_decimal_strings_and_a_stable_id():
     assert alert().id.startswith("evt_") and alert().id == alert().id
     later = Alert(42, "Acme Corp", URGENT, 4_999_999_999, 641_428_571, None, JAN1 + 90_001)
     assert later.id != alert().id
+
+
+def test_a_charge_undone_is_taken_back_from_the_day_it_was_counted_in():
+    window = SpendWindow(7)
+    now = 20_000 * DAY_MS + 1000
+    window.add(300, now)
+    window.add(200, now)
+    window.remove(200, now)
+    assert window.average_daily(now) == 300
+    window.remove(10_000, now)   # never below zero
+    assert window.average_daily(now) == 0
+    window.remove(5, now - 8 * DAY_MS)   # a day out of the window: nothing to take back
+    assert window.average_daily(now) == 0

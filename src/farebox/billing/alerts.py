@@ -150,6 +150,15 @@ class SpendWindow:
         # else: a newer day holds the slot, so `day` is older than the window and counts for nothing.
         self._first_day = day if self._first_day is None else min(self._first_day, day)
 
+    def remove(self, amount_nanos: int, at_ms: int) -> None:
+        """Take back a charge `add` counted that was undone (its commit failed). Only from the
+        day it was counted in, while that day is still in the window."""
+        assert amount_nanos >= 0, amount_nanos
+        day = at_ms // DAY_MS
+        slot = day % self.days
+        if self._day[slot] == day:
+            self._total[slot] = max(self._total[slot] - amount_nanos, 0)
+
     def average_daily(self, at_ms: int) -> int:
         if self._first_day is None:
             return 0

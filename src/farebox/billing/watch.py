@@ -60,8 +60,10 @@ class BalanceWatch:
         if org_id is None:
             org_id = self._orgs[account] = int(account.split(":")[1])
         now = self.clock.now_ms()
-        if charged:
+        if charged > 0:
             self._window(org_id).add(charged, now)
+        elif charged < 0:   # a charge undone because its commit failed
+            self._window(org_id).remove(-charged, now)
         if after < before:
             self.topup.observe(org_id, after)
         if not self.profiles.thresholds(org_id):

@@ -77,7 +77,7 @@ class Book:
         self._synthetic_lot = 0            # ids for credit applied without a stored lot (tests, old rows)
         self.spent: dict[str, int] = {}   # wallet -> what charges took from it (`total_usage`)
         # Called on every change of a wallet's balance, synchronously, as (wallet, before, after,
-        # charged): low-balance alerts and auto top-up watch here. It must be cheap and must not
+        # charged; negative when a charge is undone): low-balance alerts and auto top-up watch here. It must be cheap and must not
         # raise: it runs inside every settlement.
         self.watch: Callable[[str, int, int, int], None] | None = None
 
@@ -245,7 +245,7 @@ class Book:
             self.spent[e.from_account] -= e.amount
         if self.watch is not None and is_wallet(e.from_account):
             after = self.balances[e.from_account]
-            self.watch(e.from_account, after - e.amount, after, 0)
+            self.watch(e.from_account, after - e.amount, after, -e.amount if e.kind == "charge" else 0)
 
     def set_lots(self, lots: dict[str, Lots]) -> None:
         """Lots rebuilt from the store at start-up, with their pending expiries."""
