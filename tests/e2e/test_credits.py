@@ -268,6 +268,30 @@ def test_a_refund_is_whole_cents_of_what_the_purchase_has_left(gw, stripe_url, o
     assert gw.balance(org_name) == left - refund["data"]["amount"] > 0   # the sub-cent remainder stays
 
 
+def test_a_refund_stripe_refuses_puts_the_credit_and_bonus_back(gw, stripe_url, org_name):
+    gw.org(org_name)
+    started = buy(gw, stripe_url, org_name, "50")
+    session = next(e for e in events(stripe_url, "checkout.session.completed")
+               if e["event"]["data"]["object"]["client_reference_id"] == started["purchase_id"])
+    intent = session["event"]["data"]["object"]["payment_intent"]
+    # Someone refunded the whole charge in Stripe's dashboard: Stripe refuses a second refund.
+    status, _, _ = http("POST", f"{stripe_url}/v1/refunds", raw=f"payment_intent={intent}".encode(),
+                        headers={"Authorization": "Bearer sk_test_dashboard", "Idempotency-Key": f"dash-{intent}",
+                                 "Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 200
+    status, body = call(gw, "POST", f"/credits/purchases/{started['purchase_id']}/refund", org_name)
+    assert status == 402 and "refused" in body["error"]["message"]
+    assert gw.balance(org_name) == 55    # credit and bonus restored, as lots of the same purchase
+    status, lots = call(gw, "GET", "/credits/lots", org_name)
+    assert sorted((lot["kind"], lot["remaining"], lot["purchase_id"]) for lot in lots["data"]) == [
+        ("bonus", 5, started["purchase_id"]), ("purchase", 50, started["purchase_id"])]
+    status, purchases = call(gw, "POST", f"/credits/purchases/{started['purchase_id']}/refund", org_name)
+    assert status == 200 and purchases["data"]["status"] == "failed"   # decided: asking again moves nothing
+    assert gw.balance(org_name) == 55
+    status, credits = call(gw, "GET", "/credits", org_name)
+    assert (credits["data"]["refunded"], credits["data"]["total_credits"]) == (0, 55)
+
+
 def test_crypto_and_bank_purchases_are_not_refunded_through_the_rail(gw, org_name):
     gw.org(org_name)
     for method in ("crypto", "bank"):

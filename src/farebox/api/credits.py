@@ -64,19 +64,21 @@ async def credits(gw: Gateway, req: Request) -> Response:
         "balance": usd_json(balance), "available": usd_json(gw.book.available(account)),
         "purchased": usd_json(kinds.get("purchase", 0)), "bonus": usd_json(kinds.get("bonus", 0)),
         "granted": usd_json(kinds.get("grant", 0) + kinds.get("trial", 0)),
-        "refunded": usd_json(kinds.get("refund", 0) - kinds.get("refund_failed", 0)),
+        "refunded": usd_json(kinds.get("refund", 0)),
         "forfeited": usd_json(kinds.get("forfeit", 0)), "expired": usd_json(kinds.get("expiry", 0)),
         "auto_topup": _topup_wire(gw, org.id),
     }})
 
 
 def _kinds(conn: sqlite3.Connection, account: str) -> list[tuple[str, int]]:
-    # refund_failed puts refunded credit back; it counts against "refunded", not as new credit.
+    """Amounts into and out of the wallet by entry kind, charges aside. A failed refund's
+    entries put refunded credit and forfeited bonus back: they are netted against the
+    refund and the forfeit, not counted as new credit."""
     return conn.execute(
-        "SELECT kind, SUM(amount) FROM entries WHERE to_account = ? AND kind != 'refund_failed' GROUP BY kind"
-        " UNION ALL SELECT kind, SUM(amount) FROM entries WHERE from_account = ? AND kind != 'charge' GROUP BY kind"
-        " UNION ALL SELECT 'refund_failed', COALESCE(SUM(amount), 0) FROM entries WHERE to_account = ?"
-        " AND kind = 'refund_failed'", (account, account, account)).fetchall()
+        "SELECT CASE kind WHEN 'refund_failed' THEN 'refund' WHEN 'forfeit_failed' THEN 'forfeit' ELSE kind END k,"
+        " SUM(CASE WHEN kind IN ('refund_failed', 'forfeit_failed') THEN -amount ELSE amount END)"
+        " FROM entries WHERE (to_account = ?1 OR from_account = ?1) AND kind != 'charge' GROUP BY k",
+        (account,)).fetchall()
 
 
 async def packages(gw: Gateway, req: Request) -> Response:
@@ -331,7 +333,8 @@ def _date(day: int) -> str:
 
 
 _STATEMENT_KINDS = {"purchase": "purchase", "bonus": "bonus", "grant": "grant", "trial": "trial", "charge": "charge",
-                    "refund": "refund", "forfeit": "refund", "refund_failed": "refund", "expiry": "expiry"}
+                    "refund": "refund", "forfeit": "refund", "refund_failed": "refund", "forfeit_failed": "refund",
+                    "expiry": "expiry"}
 
 
 def _movements(conn: sqlite3.Connection, account: str, start_ms: int, end_ms: int,

@@ -202,9 +202,7 @@ class Payments:
             raise BadRequest(f"The refund window ({self.settings.refund_window_hours:g} hours after the purchase) "
                              f"has passed")
         stripe = self._stripe()
-        lot = next((lot for lot in self.ledger.book.lots[wallet(org.id)].by_id.values()
-                    if lot.purchase == purchase_id and lot.kind == "purchase"), None)
-        expires = lot.expires_at_ms if lot is not None else None
+        expires = self._expiry_of(org.id, purchase_id)
         now = self.clock.now_ms()
         _, terms = await self.ledger.refund(org.id, purchase_id, unit=CENT, record=lambda conn, t: conn.execute(
             "INSERT INTO refunds (purchase_id, org_id, amount, forfeited, status, created_at, updated_at)"
@@ -212,6 +210,13 @@ class Payments:
         if terms.status != "pending":
             return terms
         return await self._pay_back(stripe, terms, payment_intent, expires)
+
+    def _expiry_of(self, org_id: int, purchase_id: str) -> int | None:
+        """The expiry of a purchase's credit lot: a refund that fails restores it with the same."""
+        lots = self.ledger.book.lots.get(wallet(org_id))
+        lot = next((lot for lot in lots.by_id.values() if lot.purchase == purchase_id and lot.kind == "purchase"),
+                   None) if lots else None
+        return lot.expires_at_ms if lot is not None else None
 
     async def _pay_back(self, stripe: Stripe, terms: RefundTerms, payment_intent: str,
                         expires_at_ms: int | None) -> RefundTerms:
@@ -254,7 +259,7 @@ class Payments:
         for purchase_id, intent in pending:
             terms = self.ledger.refunds[purchase_id]
             try:
-                await self._pay_back(self.stripe, terms, intent, None)
+                await self._pay_back(self.stripe, terms, intent, self._expiry_of(terms.org_id, purchase_id))
             except FareboxError as e:
                 log.warning("pending refund of %s: %s", purchase_id, e)
 

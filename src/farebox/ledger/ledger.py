@@ -166,7 +166,7 @@ class Ledger:
         back = [(Entry("refund_failed", REFUNDS, account, terms.amount, f"refund-failed:{terms.purchase_id}", now,
                        terms.org_id, memo=f"refund of purchase {terms.purchase_id} failed"), "purchase")]
         if terms.forfeited:
-            back.append((Entry("refund_failed", BONUSES, account, terms.forfeited,
+            back.append((Entry("forfeit_failed", BONUSES, account, terms.forfeited,
                                f"refund-failed:{terms.purchase_id}:bonus", now, terms.org_id,
                                memo=f"bonus restored: refund of purchase {terms.purchase_id} failed"), "bonus"))
         future = self.writer.submit(lambda conn: ops.restore_refund(conn, [e for e, _ in back], [k for _, k in back],
