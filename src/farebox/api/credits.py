@@ -305,8 +305,8 @@ async def statement(gw: Gateway, req: Request) -> Response:
     in those UTC days (both included), with opening and closing balances."""
     org = _org(gw, req)
     today = gw.clock.now_ms() // DAY_MS
-    start = _day(req.query("from"), "from", today - 30)
     end = _day(req.query("to"), "to", today) + 1
+    start = _day(req.query("from"), "from", end - 31)   # by default the 31 days ending with `to`
     if end <= start or end - start > 366:
         raise BadRequest("from must not be after to, and a statement covers at most 366 days", field="from")
     start_ms, end_ms = start * DAY_MS, end * DAY_MS
