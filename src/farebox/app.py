@@ -106,6 +106,7 @@ class Gateway:
                                profiles=self.profiles, writer=self.writer, clock=self.clock,
                                notify=lambda *event: self.watch.notify(*event))
         self.payments.topup = self.topup
+        self.topup.load(conn)
         self.watch = BalanceWatch(profiles=self.profiles, topup=self.topup, clock=self.clock, org_name=org_name)
         self.watch.load(conn, self.clock.now_ms())
         self.book.watch = self.watch
@@ -133,15 +134,15 @@ class Gateway:
         self.ledger.start()
         self._http = aiohttp.ClientSession()
         self.watch.notifier = self._notifier(self._http)
-        # Refunds and top-ups a restart interrupted, in the background: serving starts now.
-        self._resuming = asyncio.get_running_loop().create_task(self._resume())
+        self.topup.resume()   # before serving: see AutoTopUp.resume
+        # Refunds a restart left pending, in the background: serving starts now.
+        self._resuming = asyncio.get_running_loop().create_task(self._resume_refunds())
 
-    async def _resume(self) -> None:
+    async def _resume_refunds(self) -> None:
         try:
             await self.payments.resume()
-            await self.topup.resume()
         except Exception:
-            log.exception("resuming pending refunds and top-ups failed")
+            log.exception("resuming pending refunds failed")
 
     async def stop(self) -> None:
         if not self._started:

@@ -377,6 +377,38 @@ def test_a_top_up_that_keeps_failing_is_retried_then_disabled(sim_url, stripe_ur
         gw.stop()
 
 
+def test_a_restart_resumes_an_interrupted_top_up_and_charges_once(sim_url, stripe_url, tmp_path, org_name):
+    home = tmp_path / "gw"
+    gw = stripe_gateway(home, sim_url, stripe_url, auto_topup_retry_s="3600")
+    try:
+        gw.org(org_name)
+        started = buy(gw, stripe_url, org_name, "5")
+        customer = next(e for e in events(stripe_url, "checkout.session.completed")
+                        if e["event"]["data"]["object"]["client_reference_id"] == started["purchase_id"]
+                        )["event"]["data"]["object"]["customer"]
+        status, _, _ = http("POST", f"{stripe_url}/_fake/decline_next", {"code": "card_declined"})
+        assert status == 200
+        status, _ = call(gw, "PUT", "/credits/auto-topup", org_name, {"enabled": True, "threshold": "6", "amount": "10"})
+        assert status == 200
+        # The first attempt is declined; the retry would wait an hour. The process dies meanwhile.
+        wait_for(lambda: call(gw, "GET", "/credits/topups", org_name)[1]["data"][0]["attempts"] == 1, "a decline")
+    finally:
+        gw.kill()
+    gw = stripe_gateway(home, sim_url, stripe_url, auto_topup_retry_s="0.05")
+    try:
+        done = wait_for(lambda: (lambda d: d if d[0]["status"] != "pending" else None)(
+            call(gw, "GET", "/credits/topups", org_name)[1]["data"]), "the resumed top-up")
+        assert len(done) == 1 and (done[0]["status"], done[0]["attempts"]) == ("paid", 2), done
+        paid = [e for e in events(stripe_url, "payment_intent.succeeded")
+                if e["event"]["data"]["object"]["customer"] == customer
+                and e["event"]["data"]["object"]["metadata"].get("farebox_kind") == "topup"]
+        assert len(paid) == 1
+        assert gw.balance(org_name) == 15
+        assert gw.verify()["ok"]
+    finally:
+        gw.stop()
+
+
 def test_auto_top_up_needs_a_saved_card_and_valid_terms(gw, org_name):
     gw.org(org_name, "5")
     status, body = call(gw, "PUT", "/credits/auto-topup", org_name, {"enabled": True, "threshold": "1", "amount": "10"})

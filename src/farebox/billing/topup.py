@@ -42,6 +42,7 @@ class AutoTopUp:
         self.notify = notify   # async (org_id, kind, data, subject, text) -> None
         self.running: dict[int, asyncio.Task[None]] = {}
         self.started = 0       # top-ups started by this process (operations, tests)
+        self._pending: list[tuple[int, tuple[Any, ...]]] = []
 
     def observe(self, org_id: int, after: int) -> None:
         """Called on every change of an organization's balance."""
@@ -64,16 +65,21 @@ class AutoTopUp:
             task.cancel()
         await asyncio.gather(*self.running.values(), return_exceptions=True)
 
-    async def resume(self) -> None:
-        """Carry on with top-ups a restart interrupted."""
-        rows = await self.payments.store.read(lambda conn: conn.execute(
-            "SELECT id, org_id, credits, fee, bonus, tax, attempts, key_seq FROM topups WHERE status = 'pending'"
-        ).fetchall())
-        for topup_id, org_id, credits, fee, bonus, tax, attempts, key_seq in rows:
-            if org_id in self.running:
-                continue
-            resumed = (topup_id, Quote("card", credits, fee, bonus, tax), attempts, key_seq)
-            self.running[org_id] = asyncio.get_running_loop().create_task(self._run(org_id, resumed))
+    def load(self, conn: sqlite3.Connection) -> None:
+        """Top-ups a restart interrupted, to carry on with at `resume`."""
+        self._pending = [(org_id, (topup_id, Quote("card", credits, fee, bonus, tax), attempts, key_seq))
+                         for topup_id, org_id, credits, fee, bonus, tax, attempts, key_seq in conn.execute(
+                             "SELECT id, org_id, credits, fee, bonus, tax, attempts, key_seq FROM topups"
+                             " WHERE status = 'pending' ORDER BY id")]
+
+    def resume(self) -> None:
+        """Carry on with the interrupted top-ups. Synchronous, before the server takes requests:
+        a charge crossing the threshold meanwhile must find the organization's top-up running,
+        not start a second one."""
+        for org_id, resumed in self._pending:
+            if org_id not in self.running:
+                self.running[org_id] = asyncio.get_running_loop().create_task(self._run(org_id, resumed))
+        self._pending = []
 
     async def _run(self, org_id: int, resumed: tuple[Any, ...] | None) -> None:
         try:
