@@ -261,14 +261,16 @@ class Book:
         at a later sweep, when those holds have settled."""
         due: list[tuple[str, int, int]] = []
         keep: list[tuple[int, str, int]] = []
+        taken: dict[str, int] = {}   # per wallet, what earlier lots of this sweep already expire
         while self.expiries and self.expiries[0][0] <= now_ms:
             expires, account, lot_id = heapq.heappop(self.expiries)
             lot = self.lots[account].by_id[lot_id]
             if not lot.remaining:
                 continue
-            amount = min(lot.remaining, max(self.available(account), 0))
+            amount = min(lot.remaining, max(self.available(account) - taken.get(account, 0), 0))
             if amount:
                 due.append((account, lot_id, amount))
+                taken[account] = taken.get(account, 0) + amount
             if amount < lot.remaining:
                 keep.append((expires, account, lot_id))  # held back by open holds: next sweep
         for item in keep:

@@ -116,10 +116,13 @@ class Ledger:
         system:bonuses, each entry naming its lot. Never more than the wallet's open holds leave
         available, so a request reserved before the refund still gets paid. Decided in memory
         at once (a concurrent charge cannot spend the same credit) and committed with the
-        refund's row, `record(conn)`. Idempotent on the purchase: a second call returns the
+        refund's row, `record(conn, terms)`. Idempotent on the purchase: a second call returns the
         first refund's terms and moves nothing."""
         if purchase_id in self.refunds:
-            return False, self.refunds[purchase_id]
+            prior = self.refunds[purchase_id]
+            if prior.org_id != org_id:
+                raise Conflict(f"Purchase {purchase_id} is not this organization's")
+            return False, prior
         account = wallet(org_id)
         lots = self.book.lots.get(account)
         mine = [lot for lot in lots.by_id.values() if lot.purchase == purchase_id] if lots else []
