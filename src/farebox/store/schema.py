@@ -211,7 +211,6 @@ CREATE TRIGGER invoices_append_only_update BEFORE UPDATE ON invoices
 BEGIN SELECT RAISE(ABORT, 'invoices are append-only'); END;
 CREATE TRIGGER invoices_append_only_delete BEFORE DELETE ON invoices
 BEGIN SELECT RAISE(ABORT, 'invoices are append-only'); END;
-CREATE INDEX entries_org ON entries (org_id, created_at);
 INSERT INTO accounts (id, org_id, kind, floored) VALUES
     ('system:refunds', NULL, 'refunds', 0),
     ('system:taxes', NULL, 'taxes', 0);
