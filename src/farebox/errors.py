@@ -77,6 +77,20 @@ class RateLimited(FareboxError):
     error_type = "rate_limit_exceeded"
 
 
+class PaymentRefused(FareboxError):
+    """The payment rail refused (a refund Stripe declined) or is not configured."""
+
+    status = 402
+    error_type = "payment_required"
+
+
+class ServiceUnavailable(FareboxError):
+    """A service we depend on other than a provider (Stripe) cannot be reached."""
+
+    status = 503
+    error_type = "service_unavailable"
+
+
 class InternalError(FareboxError):
     status = 500
     error_type = "server"

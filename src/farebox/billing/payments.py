@@ -24,7 +24,7 @@ from farebox.billing.profiles import Profiles
 from farebox.billing.purchases import CENT, Pricing, Quote, quote
 from farebox.billing.stripe import Stripe, StripeError, WebhookSignatureError, verify_webhook
 from farebox.clock import Clock
-from farebox.errors import BadRequest, FareboxError, NotFound
+from farebox.errors import BadRequest, FareboxError, NotFound, PaymentRefused, ServiceUnavailable
 from farebox.ledger.entries import wallet
 from farebox.ledger.ledger import Ledger, RefundTerms
 from farebox.settings import Settings
@@ -36,18 +36,6 @@ log = logging.getLogger("farebox.payments")
 DAY_MS = 86_400_000
 RETRIES = 3          # immediate tries of a Stripe call whose outcome is unknown, before leaving it pending
 RETRY_WAIT_S = 0.25  # between them, doubled each time
-
-
-class PaymentRequired(FareboxError):
-    """The payment rail refused (a declined refund, Stripe not configured)."""
-
-    status = 402
-    error_type = "payment_required"
-
-
-class RailUnavailable(FareboxError):
-    status = 503
-    error_type = "service_unavailable"
 
 
 def metadata(install: str, org_id: int, purchase_id: str, kind: str, q: Quote) -> dict[str, str]:
@@ -85,7 +73,7 @@ class Payments:
 
     def _stripe(self) -> Stripe:
         if self.stripe is None:
-            raise PaymentRequired("Card payments are not configured on this Farebox (set stripe_secret_key)")
+            raise PaymentRefused("Card payments are not configured on this Farebox (set stripe_secret_key)")
         return self.stripe
 
     # -- crediting a paid purchase ---------------------------------------------------------
@@ -126,7 +114,7 @@ class Payments:
                 metadata=meta, save_payment_method=save_card,
                 idempotency_key=f"checkout:{self.install}:{purchase_id}")
         except StripeError as e:
-            raise RailUnavailable(f"Stripe could not start the checkout: {e}") from None
+            raise ServiceUnavailable(f"Stripe could not start the checkout: {e}") from None
         return {"purchase_id": purchase_id, "checkout_id": session["id"], "url": session["url"], "quote": q}
 
     # -- webhooks --------------------------------------------------------------------------
@@ -135,7 +123,7 @@ class Payments:
         forged or stale signature (Stripe shows the endpoint's failures; nothing moved)."""
         secret = self.settings.stripe_webhook_secret
         if not secret:
-            raise PaymentRequired("Stripe webhooks are not configured on this Farebox (set stripe_webhook_secret)")
+            raise PaymentRefused("Stripe webhooks are not configured on this Farebox (set stripe_webhook_secret)")
         try:
             event = verify_webhook(payload, signature, secret, now=self.clock.now())
         except WebhookSignatureError as e:
@@ -237,7 +225,7 @@ class Payments:
                     return terms   # resumed at the next start, with the same idempotency key
                 await self.ledger.restore_refund(terms, expires_at_ms, lambda conn, e=e: _set_refund(
                     conn, terms.purchase_id, "failed", None, str(e), self.clock.now_ms()))
-                raise PaymentRequired(f"Stripe refused the refund; the credit is back in the balance: {e}") from None
+                raise PaymentRefused(f"Stripe refused the refund; the credit is back in the balance: {e}") from None
             return await self._mark(terms, "succeeded", refund.get("id"), None)
         raise AssertionError("unreachable")
 
