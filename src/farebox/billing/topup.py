@@ -41,7 +41,6 @@ class AutoTopUp:
         self.writer, self.clock = writer, clock
         self.notify = notify   # async (org_id, kind, data, subject, text) -> None
         self.running: dict[int, asyncio.Task[None]] = {}
-        self.started = 0       # top-ups started by this process (operations, tests)
         self._pending: list[tuple[int, tuple[Any, ...]]] = []
 
     def observe(self, org_id: int, after: int) -> None:
@@ -52,7 +51,6 @@ class AutoTopUp:
         assert profile.topup_threshold is not None
         if after >= profile.topup_threshold:
             return
-        self.started += 1
         self.running[org_id] = asyncio.get_running_loop().create_task(self._run(org_id, None))
 
     async def wait(self) -> None:

@@ -35,7 +35,6 @@ class BalanceWatch:
         self.spend: dict[int, SpendWindow] = {}
         self.spend_days = spend_days
         self.notifier: Notifier | None = None   # set once the server's HTTP session exists
-        self.sent: list[Any] = []               # delivery reports, newest last (bounded), for operations
         self._orgs: dict[str, int] = {}         # wallet account -> org id, parsed once
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -76,13 +75,8 @@ class BalanceWatch:
             self._start(self.profiles.update(org_id, alerts_disarmed=state))
         for alert in fired:
             log.info("organization %s: balance %s crossed below %s", org_id, after, alert.threshold.name)
-            if self.notifier is not None:
-                self._start(self._deliver(self.notifier.deliver(alert)))
-
-    async def _deliver(self, delivery: Any) -> None:
-        report = await delivery
-        self.sent.append(report)
-        del self.sent[:-100]
+            if self.notifier is not None:   # it logs what it could not deliver
+                self._start(self.notifier.deliver(alert))
 
     async def notify(self, org_id: int, kind: str, data: dict[str, Any], subject: str, text: str) -> None:
         """An account event (e.g. auto top-up disabled) to every alert recipient of the
@@ -93,9 +87,8 @@ class BalanceWatch:
         if self.notifier is None or not (emails or webhooks):
             log.warning("organization %s: %s, and no one to tell", org_id, kind)
             return
-        report = await self.notifier.send_event(kind, {"org": {"id": org_id, "name": self.org_name(org_id)}, **data},
-                                                emails, webhooks, subject=subject, text=text)
-        self.sent.append(report)
+        await self.notifier.send_event(kind, {"org": {"id": org_id, "name": self.org_name(org_id)}, **data},
+                                       emails, webhooks, subject=subject, text=text)
 
     def _start(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
