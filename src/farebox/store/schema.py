@@ -215,4 +215,102 @@ INSERT INTO accounts (id, org_id, kind, floored) VALUES
     ('system:refunds', NULL, 'refunds', 0),
     ('system:taxes', NULL, 'taxes', 0);
 """),
+    (5, """
+-- Governance (issue 6).
+-- A workspace spends from its own pool (`pooled`: the account org:<o>:ws:<w>:wallet, funded
+-- by transfers) or from its organization's wallet. Budgets are JSON {period: nano-dollars}
+-- with period in daily, weekly, monthly, lifetime; settings are JSON (privacy).
+ALTER TABLE workspaces ADD COLUMN pooled INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE workspaces ADD COLUMN budgets TEXT NOT NULL DEFAULT '{}';
+ALTER TABLE workspaces ADD COLUMN include_byok_in_budgets INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE workspaces ADD COLUMN settings TEXT NOT NULL DEFAULT '{}';
+ALTER TABLE workspaces ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE workspaces ADD COLUMN updated_at INTEGER;
+-- Organization settings (JSON): privacy (deny_training, deny_retention, zdr_only) and the
+-- prompt-logging opt-in.
+ALTER TABLE organizations ADD COLUMN settings TEXT NOT NULL DEFAULT '{}';
+-- Per-key rate limits (requests and tokens per minute); NULL: none.
+ALTER TABLE keys ADD COLUMN rate_limit_rpm INTEGER CHECK (rate_limit_rpm IS NULL OR rate_limit_rpm > 0);
+ALTER TABLE keys ADD COLUMN rate_limit_tpm INTEGER CHECK (rate_limit_tpm IS NULL OR rate_limit_tpm > 0);
+-- Projects: named inside a workspace, with budgets like a workspace's; requests name them.
+CREATE TABLE projects (
+    id INTEGER PRIMARY KEY,
+    org_id INTEGER NOT NULL REFERENCES organizations(id),
+    workspace_id INTEGER NOT NULL REFERENCES workspaces(id),
+    name TEXT NOT NULL,
+    budgets TEXT NOT NULL DEFAULT '{}',
+    deleted INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER
+);
+CREATE UNIQUE INDEX projects_name ON projects (workspace_id, name) WHERE deleted = 0;
+-- Transfers between an organization's wallet and its workspaces' pools: the entries carry
+-- the money (one per credit lot moved, so expiry and kind travel with it); this row makes
+-- a transfer idempotent on its reference and says who asked.
+CREATE TABLE transfers (
+    reference TEXT PRIMARY KEY,
+    org_id INTEGER NOT NULL REFERENCES organizations(id),
+    from_account TEXT NOT NULL REFERENCES accounts(id),
+    to_account TEXT NOT NULL REFERENCES accounts(id),
+    amount INTEGER NOT NULL CHECK (amount > 0),
+    memo TEXT,
+    created_by TEXT,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX transfers_org ON transfers (org_id, created_at);
+-- People. `workspaces` is a JSON list of workspace ids the member is limited to (NULL: all).
+CREATE TABLE members (
+    id TEXT PRIMARY KEY,
+    org_id INTEGER NOT NULL REFERENCES organizations(id),
+    email TEXT NOT NULL,
+    name TEXT,
+    role TEXT NOT NULL CHECK (role IN ('owner', 'admin', 'member', 'viewer')),
+    password_hash TEXT NOT NULL,
+    workspaces TEXT,
+    disabled INTEGER NOT NULL DEFAULT 0,
+    deleted INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER
+);
+CREATE UNIQUE INDEX members_email ON members (org_id, email) WHERE deleted = 0;
+-- Login sessions of members: only the token's SHA-256 is kept.
+CREATE TABLE sessions (
+    token_hash TEXT PRIMARY KEY,
+    member_id TEXT NOT NULL REFERENCES members(id),
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+-- A workspace's own provider keys, encrypted (AES-GCM) with key material that is never in
+-- the database; `key_id` names which key material sealed `secret`.
+CREATE TABLE byok_credentials (
+    id TEXT PRIMARY KEY,
+    org_id INTEGER NOT NULL REFERENCES organizations(id),
+    workspace_id INTEGER NOT NULL REFERENCES workspaces(id),
+    provider TEXT NOT NULL,
+    name TEXT NOT NULL,
+    label TEXT NOT NULL,
+    secret BLOB NOT NULL,
+    key_id TEXT NOT NULL,
+    always_use INTEGER NOT NULL DEFAULT 0,
+    disabled INTEGER NOT NULL DEFAULT 0,
+    deleted INTEGER NOT NULL DEFAULT 0,
+    created_by TEXT,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER
+);
+-- Prompts and completions, kept only for organizations that opted in to logging.
+CREATE TABLE generation_content (
+    id TEXT PRIMARY KEY,
+    org_id INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    data BLOB NOT NULL
+);
+-- What activity reports group by, as columns.
+ALTER TABLE generations ADD COLUMN project_id INTEGER;
+ALTER TABLE generations ADD COLUMN endpoint_id TEXT;
+ALTER TABLE generations ADD COLUMN reasoning_tokens INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE generations ADD COLUMN is_byok INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE generations ADD COLUMN byok_cost INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE generations ADD COLUMN settled_at INTEGER;
+"""),
 ]

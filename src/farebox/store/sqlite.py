@@ -130,14 +130,17 @@ def post_entries(conn: sqlite3.Connection, entries: list[Entry]) -> None:
 
 _INSERT_GENERATION = (
     "INSERT INTO generations (id, org_id, workspace_id, key_hash, created_at, model, provider, total_cost,"
-    " charged, tokens_prompt, tokens_completion, streamed, cancelled, finish_reason, data)"
-    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+    " charged, tokens_prompt, tokens_completion, streamed, cancelled, finish_reason, data, project_id,"
+    " endpoint_id, reasoning_tokens, is_byok, byok_cost, settled_at)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
 
 
 def _generation_row(g: dict[str, Any]) -> tuple[Any, ...]:
     return (g["id"], g["org_id"], g["workspace_id"], g["key_hash"], g["created_at_ms"], g["model"],
             g["provider_name"], g["total_cost_nanos"], g["charged_nanos"], g["tokens_prompt"],
-            g["tokens_completion"], int(g["streamed"]), int(g["cancelled"]), g["finish_reason"], orjson.dumps(g))
+            g["tokens_completion"], int(g["streamed"]), int(g["cancelled"]), g["finish_reason"], orjson.dumps(g),
+            g.get("project_id"), g.get("endpoint_id"), g.get("native_tokens_reasoning") or 0,
+            int(g.get("is_byok", False)), g.get("byok_cost_nanos", 0), g.get("settled_at_ms"))
 
 
 def insert_generation(conn: sqlite3.Connection, g: dict[str, Any]) -> None:
