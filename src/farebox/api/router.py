@@ -60,6 +60,10 @@ class Api:
             ("POST", f"{v1}/organizations"): admin.create_org,
             ("GET", f"{v1}/ledger/verify"): admin.verify,
             ("GET", "/health"): health,
+            # -- members (issue 6): exact routes --
+            # -- byok (issue 6): exact routes --
+            # -- activity (issue 6): exact routes --
+            # -- governance (issue 6): exact routes --
         }
         self.patterns: list[tuple[str, re.Pattern[str], Handler]] = [
             ("GET", re.compile(rf"^{v1}/models/(?P<author>[^/]+)/(?P<slug>[^/]+)/endpoints$"), models.endpoints),
@@ -72,6 +76,9 @@ class Api:
              credits.get_invoice),
             ("POST", re.compile(rf"^{v1}/organizations/(?P<org>[^/]+)/credits$"), admin.grant),
             ("POST", re.compile(rf"^{v1}/organizations/(?P<org>[^/]+)/purchases$"), admin.record_purchase),
+            # -- members (issue 6): pattern routes --
+            # -- byok (issue 6): pattern routes --
+            # -- governance (issue 6): pattern routes --
         ]
         # Paths whose errors take another API's shape: the Anthropic Messages API's clients
         # read only Anthropic's, whether a handler or the router raised the error.
