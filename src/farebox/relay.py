@@ -17,6 +17,7 @@ from farebox.catalog.model import Catalog, Endpoint
 from farebox.clock import Clock
 from farebox.errors import FareboxError, Forbidden, InsufficientCredits, UpstreamTimeout
 from farebox.ledger.book import Hold, Settlement, Shortfall
+from farebox.ledger.caps import Cap
 from farebox.ledger.entries import wallet
 from farebox.ledger.ledger import Ledger
 from farebox.ledger.pricing import (
@@ -34,7 +35,7 @@ from farebox.money import round_up_to_nanos, usd_json
 from farebox.providers.base import Call, Dialect, Reply, UpstreamStream, normalize_finish
 from farebox.routing.router import Router
 from farebox.settings import Settings
-from farebox.tenancy.records import KeyRecord, Organization
+from farebox.tenancy.records import KeyRecord, Organization, Project, Workspace
 
 log = logging.getLogger("farebox.relay")
 
@@ -57,6 +58,9 @@ class ChatRequest:
     user_agent: str | None = None
     api: str = "chat"         # providers.base.APIS: chat, completion (legacy) or embedding
     sticky_key: tuple[int, str, str] | None = None  # set by planning when stickiness applies
+    workspace: Workspace | None = None   # the key's; None only in tests that build requests by hand
+    project: Project | None = None       # named by the request (X-Farebox-Project or `project`)
+    caps: tuple[Cap, ...] = ()           # key, project, workspace: every cap the hold must fit
 
 
 class Sink(Protocol):
@@ -191,23 +195,36 @@ class Relay:
         amount = max_cost(endpoint.pricing, prompt, req.prompt.images, output)
         book = self.ledger.book
         if hold is None:
-            return book.hold(req.gen_id, wallet(req.org.id), amount, req.key.cap)
+            account = req.workspace.account if req.workspace is not None else wallet(req.org.id)
+            return book.hold(req.gen_id, account, amount, req.caps)
         book.resize(hold, amount)
         return hold
 
     def _shortfall_error(self, req: ChatRequest, shortfall: Shortfall, endpoint: Endpoint) -> FareboxError:
         prompt, output = self._bound(req, endpoint)
-        if shortfall.scope == "key" and shortfall.available <= 0:
-            period = shortfall.period or "total"
-            return Forbidden(f"Key limit exceeded ({period} limit). Manage it with the key API or `farebox keys`.",
-                             metadata={"limit_source": "key"})
+        scope = shortfall.scope
+        period = "total" if shortfall.period in (None, "lifetime") else shortfall.period
+        if scope != "wallet" and shortfall.available <= 0:
+            # A spending cap is used up: 403, as OpenRouter answers an exhausted key limit
+            # (402 stays for credit): clients must not read it as "out of credits".
+            metadata = {"limit_source": scope, "period": period}
+            if scope == "key":
+                return Forbidden(f"Key limit exceeded ({period} limit). Manage it with the key API or "
+                                 "`farebox keys`.", metadata=metadata)
+            metadata[scope] = shortfall.name
+            return Forbidden(f"{scope.capitalize()} budget exceeded ({period} budget) for {scope} "
+                             f"{shortfall.name!r}. Manage it with the {scope}s API or `farebox {scope}s`.",
+                             metadata=metadata)
         affordable = affordable_output(endpoint.pricing, prompt, req.prompt.images, max(shortfall.available, 0))
-        where = ("raise this key's limit" if shortfall.scope == "key"
-                 else "add credits to your organization")
+        where = {"wallet": "add credits to your organization", "key": "raise this key's limit",
+                 "project": f"raise the budget of project {shortfall.name!r}",
+                 "workspace": f"raise the budget of workspace {shortfall.name!r}"}[scope]
+        if scope == "wallet" and req.workspace is not None and req.workspace.pooled:
+            where = f"transfer credits to workspace {req.workspace.name!r}"
         return InsufficientCredits(
             f"This request requires more credits, or fewer max_tokens. You requested up to {output} tokens, "
             f"but can only afford {affordable}. To increase, {where}.",
-            metadata={"requested_tokens": output, "affordable_tokens": affordable, "limit_source": shortfall.scope})
+            metadata={"requested_tokens": output, "affordable_tokens": affordable, "limit_source": scope})
 
     def _user_tag(self, req: ChatRequest) -> str | None:
         user = req.body.get("user")
@@ -485,7 +502,7 @@ class Relay:
             log.warning("overrun on %s: %s billed %d nano-dollars beyond the hold of %d", req.gen_id,
                         endpoint.provider.name, settlement.overrun, hold_amount)
         record = self._record(req, outcome, cost, settlement, hold_amount)
-        await self.ledger.commit(settlement, req.key.cap, record)
+        await self.ledger.commit(settlement, record)
         self.router.served(req, outcome)
         return cost, settlement
 
@@ -496,6 +513,7 @@ class Relay:
         body = req.body
         return {
             "id": req.gen_id, "org_id": req.org.id, "workspace_id": req.key.workspace_id, "key_hash": req.key.hash,
+            "project_id": req.project.id if req.project is not None else None, "settled_at_ms": self.clock.now_ms(),
             "created_at_ms": req.created_ms, "model": o.endpoint.model_id, "provider_name": o.endpoint.provider.name,
             "endpoint_id": o.endpoint.id, "upstream_id": o.upstream_id, "streamed": req.stream,
             "cancelled": o.cancelled, "latency_ms": round((now - req.started) * 1000),

@@ -8,7 +8,8 @@ import copy
 import pytest
 
 from farebox.clock import FakeClock
-from farebox.ledger.book import Book, Hold, KeyCap, Settlement, Shortfall
+from farebox.ledger.book import Book, Hold, Settlement, Shortfall
+from farebox.ledger.caps import Cap, key_cap
 from farebox.ledger.entries import GRANTS, OVERRUN, REVENUE, SYSTEM_ACCOUNTS, Entry, is_floored, wallet
 
 W = wallet(1)
@@ -91,73 +92,73 @@ def test_holds_on_one_wallet_do_not_touch_another() -> None:
 
 def test_lifetime_key_cap() -> None:
     book = make_book(10_000)
-    cap = KeyCap(limit=500)
-    h = book.hold("a", W, 300, cap)
+    cap = key_cap(limit=500)
+    h = book.hold("a", W, 300, (cap,))
     assert cap.held == 300
     with pytest.raises(Shortfall) as info:
-        book.hold("b", W, 201, cap)
-    assert (info.value.scope, info.value.available, info.value.period) == ("key", 200, None)
+        book.hold("b", W, 201, (cap,))
+    assert (info.value.scope, info.value.available, info.value.period) == ("key", 200, "lifetime")
     settle(book, h, 250)
     assert (cap.held, cap.usage.total) == (0, 250)
-    assert cap.remaining(book.clock.now()) == 250
+    assert cap.room(book.clock.now()) == 250
     with pytest.raises(Shortfall):
-        book.hold("c", W, 251, cap)
-    book.hold("d", W, 250, cap)
-    assert cap.remaining(book.clock.now()) == 0
+        book.hold("c", W, 251, (cap,))
+    book.hold("d", W, 250, (cap,))
+    assert cap.room(book.clock.now()) == 0
 
 
 def test_wallet_is_checked_before_the_key() -> None:
     book = make_book(100)
     with pytest.raises(Shortfall) as info:
-        book.hold("a", W, 200, KeyCap(limit=50))
+        book.hold("a", W, 200, (key_cap(limit=50),))
     assert info.value.scope == "wallet"
 
 
 def test_key_cap_without_limit_never_refuses() -> None:
     book = make_book(100)
-    cap = KeyCap()
-    book.hold("a", W, 100, cap)
-    assert cap.held == 100 and cap.remaining(book.clock.now()) is None
+    cap = key_cap()
+    book.hold("a", W, 100, (cap,))
+    assert cap.held == 100 and cap.room(book.clock.now()) is None
 
 
 def test_daily_key_cap_frees_up_after_midnight() -> None:
     clock = FakeClock(MIDNIGHT - 60)
     book = make_book(10_000, clock)
-    cap = KeyCap(limit=100, reset="daily")
-    settle(book, book.hold("a", W, 100, cap), 100)
+    cap = key_cap(limit=100, reset="daily")
+    settle(book, book.hold("a", W, 100, (cap,)), 100)
     with pytest.raises(Shortfall) as info:
-        book.hold("b", W, 1, cap)
+        book.hold("b", W, 1, (cap,))
     assert (info.value.scope, info.value.available, info.value.period) == ("key", 0, "daily")
     clock.advance(59)
     with pytest.raises(Shortfall):
-        book.hold("b", W, 1, cap)
+        book.hold("b", W, 1, (cap,))
     clock.advance(1)  # midnight UTC
-    h = book.hold("b", W, 100, cap)
-    assert cap.remaining(clock.now()) == 0
+    h = book.hold("b", W, 100, (cap,))
+    assert cap.room(clock.now()) == 0
     assert cap.usage.total == 100
     book.release(h)
-    assert cap.remaining(clock.now()) == 100
+    assert cap.room(clock.now()) == 100
 
 
 def test_cap_counts_open_holds_across_midnight() -> None:
     # A hold placed before midnight still reserves against the cap after it.
     clock = FakeClock(MIDNIGHT - 1)
     book = make_book(10_000, clock)
-    cap = KeyCap(limit=100, reset="daily")
-    h = book.hold("a", W, 80, cap)
+    cap = key_cap(limit=100, reset="daily")
+    h = book.hold("a", W, 80, (cap,))
     clock.advance(1)
     with pytest.raises(Shortfall):
-        book.hold("b", W, 21, cap)
+        book.hold("b", W, 21, (cap,))
     settle(book, h, 80)  # charged after midnight: counts in the new day
-    assert cap.remaining(clock.now()) == 20
+    assert cap.room(clock.now()) == 20
 
 
 # -- resize --------------------------------------------------------------------------
 
 def test_resize_up_and_down() -> None:
     book = make_book(1000)
-    cap = KeyCap(limit=800)
-    h = book.hold("a", W, 300, cap)
+    cap = key_cap(limit=800)
+    h = book.hold("a", W, 300, (cap,))
     book.resize(h, 800)
     assert (h.amount, book.available(W), cap.held) == (800, 200, 800)
     book.resize(h, 100)
@@ -183,8 +184,8 @@ def test_resize_beyond_available_is_refused_and_changes_nothing() -> None:
 
 def test_resize_beyond_key_cap_is_refused_and_changes_nothing() -> None:
     book = make_book(1000)
-    cap = KeyCap(limit=400)
-    h = book.hold("a", W, 300, cap)
+    cap = key_cap(limit=400)
+    h = book.hold("a", W, 300, (cap,))
     with pytest.raises(Shortfall) as info:
         book.resize(h, 401)
     assert (info.value.scope, info.value.available) == ("key", 100)
@@ -195,8 +196,8 @@ def test_resize_beyond_key_cap_is_refused_and_changes_nothing() -> None:
 
 def test_settle_below_hold_releases_the_rest() -> None:
     book = make_book(1000)
-    cap = KeyCap(limit=1000)
-    h = book.hold("a", W, 600, cap)
+    cap = key_cap(limit=1000)
+    h = book.hold("a", W, 600, (cap,))
     s = settle(book, h, 250)
     assert (s.charged, s.overrun) == (250, 0)
     assert len(s.entries) == 1
@@ -222,8 +223,8 @@ def test_settle_equal_to_hold() -> None:
 
 def test_settle_zero_posts_nothing() -> None:
     book = make_book(1000)
-    cap = KeyCap(limit=10)
-    h = book.hold("a", W, 10, cap)
+    cap = key_cap(limit=10)
+    h = book.hold("a", W, 10, (cap,))
     s = settle(book, h, 0)
     assert (s.entries, s.charged, s.overrun) == ([], 0, 0)
     assert book.balance(W) == 1000 and cap.held == 0 and cap.usage.total == 0
@@ -231,8 +232,8 @@ def test_settle_zero_posts_nothing() -> None:
 
 def test_settle_above_hold_charges_the_hold_and_flags_the_overrun() -> None:
     book = make_book(1000)
-    cap = KeyCap(limit=1000)
-    h = book.hold("a", W, 400, cap)
+    cap = key_cap(limit=1000)
+    h = book.hold("a", W, 400, (cap,))
     s = settle(book, h, 1500)  # more than the hold and more than the whole balance
     assert (s.charged, s.overrun) == (400, 1100)
     charge, overrun = s.entries
@@ -277,8 +278,8 @@ def test_concurrent_holds_never_overdraw() -> None:
 def test_expire_old_with_fake_clock() -> None:
     clock = FakeClock()
     book = make_book(1000, clock)
-    cap = KeyCap(limit=1000)
-    old = book.hold("old", W, 300, cap)
+    cap = key_cap(limit=1000)
+    old = book.hold("old", W, 300, (cap,))
     clock.advance(TIMEOUT / 2)
     young = book.hold("young", W, 200)
     assert book.oldest_hold_age() == TIMEOUT / 2
@@ -341,13 +342,13 @@ def test_settle_after_expiry_within_available_is_charged_in_full() -> None:
 def test_settle_after_expiry_respects_the_key_cap() -> None:
     clock = FakeClock()
     book = make_book(10_000, clock)
-    cap = KeyCap(limit=100)
-    late = book.hold("late", W, 100, cap)
+    cap = key_cap(limit=100)
+    late = book.hold("late", W, 100, (cap,))
     clock.advance(TIMEOUT + 1)
     book.expire_old()
-    settle(book, book.hold("next", W, 100, cap), 100)  # the cap's room went to the next request
+    settle(book, book.hold("next", W, 100, (cap,)), 100)  # the cap's room went to the next request
     s = settle(book, late, 100)
-    assert cap.usage.total <= cap.limit
+    assert cap.usage.total <= cap.limits["lifetime"]
     assert s.charged + s.overrun == 100
 
 
@@ -355,8 +356,8 @@ def test_settle_after_expiry_respects_the_key_cap() -> None:
 
 def test_release() -> None:
     book = make_book(1000)
-    cap = KeyCap(limit=500)
-    h = book.hold("a", W, 500, cap)
+    cap = key_cap(limit=500)
+    h = book.hold("a", W, 500, (cap,))
     book.release(h)
     assert not h.open and "a" not in book.holds
     assert book.available(W) == 1000 and cap.held == 0 and cap.usage.total == 0
@@ -365,7 +366,7 @@ def test_release() -> None:
     assert_consistent(book)
 
 
-def _snapshot(book: Book, cap: KeyCap) -> tuple:
+def _snapshot(book: Book, cap: Cap) -> tuple:
     return (dict(book.balances), dict(book.inflow), dict(book.outflow), copy.deepcopy(cap.usage))
 
 
@@ -373,12 +374,12 @@ def _snapshot(book: Book, cap: KeyCap) -> tuple:
 def test_revert_undoes_a_settlement_exactly(cost: int) -> None:
     clock = FakeClock(MIDNIGHT + 3600)
     book = make_book(1000, clock)
-    cap = KeyCap(limit=1000, reset="daily")
-    settle(book, book.hold("earlier", W, 100, cap), 60)
+    cap = key_cap(limit=1000, reset="daily")
+    settle(book, book.hold("earlier", W, 100, (cap,)), 60)
     before = _snapshot(book, cap)
-    h = book.hold("a", W, 400, cap)
+    h = book.hold("a", W, 400, (cap,))
     s = settle(book, h, cost)
-    book.revert(s, cap)
+    book.revert(s)
     balances, inflow, outflow, usage = before
     assert book.balances == balances
     assert {a: v for a, v in book.inflow.items() if v or a in inflow} == inflow
@@ -393,12 +394,12 @@ def test_revert_undoes_a_settlement_exactly(cost: int) -> None:
 def test_revert_across_midnight_does_not_raise_the_cap() -> None:
     clock = FakeClock(MIDNIGHT - 1)
     book = make_book(10_000, clock)
-    cap = KeyCap(limit=100, reset="daily")
-    s = settle(book, book.hold("a", W, 100, cap), 100)  # settled at 23:59:59
+    cap = key_cap(limit=100, reset="daily")
+    s = settle(book, book.hold("a", W, 100, (cap,)), 100)  # settled at 23:59:59
     clock.advance(2)                                     # the commit fails after midnight
-    book.revert(s, cap)
+    book.revert(s)
     assert cap.usage.in_period("daily", clock.now()) == 0
-    assert cap.remaining(clock.now()) == 100
+    assert cap.room(clock.now()) == 100
 
 
 def test_load_sets_balances() -> None:
@@ -451,7 +452,7 @@ def test_a_charge_draws_from_the_lots_in_order_and_a_revert_gives_it_back():
     settlement = settle(book, hold, 300)
     assert settlement.draws == [(11, 100), (10, 200)]  # promotional first
     assert book.lots[W].total() == book.balance(W) == 800
-    book.revert(settlement, None)
+    book.revert(settlement)
     assert book.lots[W].total() == book.balance(W) == 1100
     assert [(lot.id, lot.remaining) for lot in book.lots[W].live] == [(11, 100), (10, 1000)]
 

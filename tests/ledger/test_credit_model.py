@@ -338,7 +338,7 @@ class CreditMachine(RuleBasedStateMachine):
         charged = min(cost, hold.amount)
         s = self.ledger.book.settle(hold, cost, reference=f"charge:{hold.id}", created_at=self.clock.now_ms(),
                                     org_id=org, key_hash="k", generation_id=hold.id)
-        self.run(self.ledger.commit(s, None, generation(hold.id, org, cost, s.charged)))
+        self.run(self.ledger.commit(s, generation(hold.id, org, cost, s.charged)))
         assert (s.charged, s.overrun) == (charged, cost - charged)
         draws = self.m_draw(org, charged) if charged else []
         assert s.draws == draws
@@ -569,7 +569,7 @@ def test_one_sweep_expires_no_more_than_open_holds_leave(tmp_path: Path) -> None
         assert ledger.book.available(account) == 0
         s = ledger.book.settle(hold, 60 * CENT, reference="charge:g", created_at=clock.now_ms(), org_id=1,
                                key_hash="k", generation_id="g")
-        await ledger.commit(s, None, generation("g", 1, 60 * CENT, s.charged))
+        await ledger.commit(s, generation("g", 1, 60 * CENT, s.charged))
         assert s.charged == 60 * CENT and ledger.book.balance(account) == 0
         assert await ledger.expire_lots() == 0
 

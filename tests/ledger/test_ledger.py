@@ -15,7 +15,8 @@ import pytest
 
 from farebox.clock import FakeClock
 from farebox.errors import Conflict, InternalError
-from farebox.ledger.book import Book, Hold, KeyCap, Settlement
+from farebox.ledger.book import Book, Hold, Settlement
+from farebox.ledger.caps import key_cap
 from farebox.ledger.entries import BONUSES, EXPIRED, FEES, GRANTS, PAYMENTS, REVENUE, wallet
 from farebox.ledger.ledger import Ledger
 from farebox.ledger.verify import verify_store
@@ -94,7 +95,7 @@ def test_commit_makes_a_settlement_durable(store: Store) -> None:
             await ledger.grant(1, 1000, "a")
             h = book.hold("g1", W, 400)
             s = settle(book, h, 500, "charge:g1", "g1")
-            await ledger.commit(s, None, generation("g1", 500, s.charged))
+            await ledger.commit(s, generation("g1", 500, s.charged))
         finally:
             ledger.writer.stop()
 
@@ -106,20 +107,20 @@ def test_commit_makes_a_settlement_durable(store: Store) -> None:
 def test_a_failed_commit_reverts_the_book(store: Store) -> None:
     ledger = make_ledger(store)
     book = ledger.book
-    cap = KeyCap(limit=1000)
+    cap = key_cap(limit=1000)
 
     async def main() -> None:
         ledger.writer.start()
         try:
             await ledger.grant(1, 1000, "a")
-            s1 = settle(book, book.hold("g1", W, 100, cap), 100, "charge:g1", "g1")
-            await ledger.commit(s1, cap, generation("g1", 100, 100))
+            s1 = settle(book, book.hold("g1", W, 100, (cap,)), 100, "charge:g1", "g1")
+            await ledger.commit(s1, generation("g1", 100, 100))
             before = dict(book.balances)
             # A second request reusing the generation id: its commit fails.
-            s2 = settle(book, book.hold("g1", W, 300, cap), 300, "charge:g1-b", "g1")
+            s2 = settle(book, book.hold("g1", W, 300, (cap,)), 300, "charge:g1-b", "g1")
             assert book.balance(W) == 600
             with pytest.raises(InternalError):
-                await ledger.commit(s2, cap, generation("g1", 300, 300))
+                await ledger.commit(s2, generation("g1", 300, 300))
             assert book.balances == before
             assert cap.usage.total == 100 and cap.held == 0
         finally:
@@ -138,7 +139,7 @@ def test_load_rebuilds_the_book(store: Store) -> None:
         try:
             await ledger.grant(1, 1000, "a")
             s = settle(ledger.book, ledger.book.hold("g", W, 300), 250, "charge:g", "g")
-            await ledger.commit(s, None, generation("g", 250, 250))
+            await ledger.commit(s, generation("g", 250, 250))
         finally:
             ledger.writer.stop()
 
@@ -162,7 +163,7 @@ def test_load_rebuilds_the_lots_exactly(store: Store) -> None:
             await ledger.grant(1, 1000, "a")
             await ledger.grant(1, 200, "t", kind="trial", expires_at_ms=ledger.clock.now_ms() + 86_400_000)
             s = settle(ledger.book, ledger.book.hold("g", W, 300), 250, "charge:g", "g")
-            await ledger.commit(s, None, generation("g", 250, 250))
+            await ledger.commit(s, generation("g", 250, 250))
         finally:
             ledger.writer.stop()
 
@@ -226,10 +227,10 @@ def test_a_cancelled_commit_that_fails_still_reverts_the_book(store: Store) -> N
         try:
             await ledger.grant(1, 1000, "a")
             s1 = settle(book, book.hold("g1", W, 100), 100, "charge:g1", "g1")
-            await ledger.commit(s1, None, generation("g1", 100, 100))
+            await ledger.commit(s1, generation("g1", 100, 100))
             # Its commit will fail: the generation id is taken.
             s2 = settle(book, book.hold("g2", W, 300), 300, "charge:g2", "g1")
-            await _cancel_while_queued(ledger, ledger.commit(s2, None, generation("g1", 300, 300)))
+            await _cancel_while_queued(ledger, ledger.commit(s2, generation("g1", 300, 300)))
         finally:
             ledger.writer.stop()
 
@@ -267,7 +268,7 @@ def test_expired_lots_move_to_system_expired_and_survive_a_restart(store: Store)
             await ledger.grant(1, 300, "trial", kind="trial", expires_at_ms=clock.now_ms() + DAY_MS)
             await ledger.grant(1, 1000, "paid")
             s = settle(book, book.hold("g", W, 100), 100, "charge:g", "g")  # the trial lot pays
-            await ledger.commit(s, None, generation("g", 100, 100))
+            await ledger.commit(s, generation("g", 100, 100))
             assert await ledger.expire_lots() == 0  # not yet
             clock.advance(DAY_MS / 1000)
             assert await ledger.expire_lots() == 200
@@ -300,7 +301,7 @@ def test_an_expiry_waits_for_holds_placed_before_it(store: Store) -> None:
             clock.advance(DAY_MS / 1000)
             assert await ledger.expire_lots() == 20  # only what the hold leaves
             s = settle(book, hold, 50, "charge:g", "g")
-            await ledger.commit(s, None, generation("g", 50, 50))
+            await ledger.commit(s, generation("g", 50, 50))
             assert await ledger.expire_lots() == 30  # the rest, under its own reference
         finally:
             ledger.writer.stop()
@@ -329,7 +330,7 @@ def test_a_purchase_credits_lots_books_the_fee_apart_and_replays_idempotently(st
             with pytest.raises(Conflict):
                 await ledger.purchase(1, "p1", method="card", credits=1, fee=0, bonus=0, expires_at_ms=None)
             s = settle(book, book.hold("g", W, 20_000), 20_000, "charge:g", "g")
-            await ledger.commit(s, None, generation("g", 20_000, 20_000))
+            await ledger.commit(s, generation("g", 20_000, 20_000))
             assert s.draws == [(stored[1].id, 15_000), (stored[0].id, 5_000)]  # the bonus first
         finally:
             ledger.writer.stop()

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from farebox.clock import FakeClock
-from farebox.ledger.book import Book, Hold, KeyCap, Settlement, Shortfall
+from farebox.ledger.book import Book, Hold, Settlement, Shortfall
+from farebox.ledger.caps import Cap, key_cap
 from farebox.ledger.entries import GRANTS, OVERRUN, REVENUE, SYSTEM_ACCOUNTS, Entry, is_floored, wallet
 from farebox.ledger.verify import verify_store
 from farebox.store import sqlite as ops
@@ -39,7 +40,7 @@ class ModelCap:
 class ModelHold:
     account: str
     amount: int
-    cap: int | None      # index into caps
+    caps: tuple[int, ...]  # indices into caps: a hold may span several
     created: float       # the model's own monotonic time
 
 
@@ -52,7 +53,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.clock = FakeClock()
         self.book = Book(self.clock, TIMEOUT)
         self.wallets: list[str] = []
-        self.caps: list[KeyCap] = []
+        self.caps: list[Cap] = []
         self.holds: dict[str, Hold] = {}       # the book's open holds, by id
         self.expired: dict[str, Hold] = {}     # expired holds not yet settled late
         self.seq = 0
@@ -80,12 +81,13 @@ class LedgerMachine(RuleBasedStateMachine):
         spent = sum(a for day, a in cap.spent if not cap.daily or day == today)
         return cap.limit - spent - cap.held
 
-    def m_refusal(self, account: str, cap: int | None, extra: int) -> tuple[str, int] | None:
+    def m_refusal(self, account: str, caps: tuple[int, ...], extra: int) -> tuple[str, int] | None:
         available = self.m_available(account)
         if extra > available:
             return ("wallet", available)
-        if cap is not None and extra > self.m_cap_remaining(cap):
-            return ("key", self.m_cap_remaining(cap))
+        for i in caps:
+            if extra > self.m_cap_remaining(i):
+                return ("key", self.m_cap_remaining(i))
         return None
 
     def next_id(self) -> str:
@@ -115,7 +117,7 @@ class LedgerMachine(RuleBasedStateMachine):
             self.book.balances.setdefault(w, 0)
             self.m_balance[w] = 0
         for limit, daily in caps:
-            self.caps.append(KeyCap(limit=limit, reset="daily" if daily else None))
+            self.caps.append(key_cap(limit=limit, reset="daily" if daily else None))
             self.m_caps.append(ModelCap(limit, daily, []))
         for w, amount in zip(self.wallets, opening, strict=False):
             if amount:
@@ -151,20 +153,20 @@ class LedgerMachine(RuleBasedStateMachine):
         self.hold_on(data, account, max(self.m_available(account) + offset, 0))
 
     def hold_on(self, data: st.DataObject, account: str, amount: int) -> None:
-        cap = data.draw(st.none() | st.sampled_from(range(len(self.caps)))) if self.caps else None
+        caps = tuple(data.draw(st.lists(st.sampled_from(range(len(self.caps))), unique=True))) if self.caps else ()
         hid = self.next_id()
-        expected = self.m_refusal(account, cap, amount)
+        expected = self.m_refusal(account, caps, amount)
         try:
-            h = self.book.hold(hid, account, amount, None if cap is None else self.caps[cap])
+            h = self.book.hold(hid, account, amount, tuple(self.caps[i] for i in caps))
         except Shortfall as s:
             event(f"hold refused: {s.scope}")
             assert (s.scope, s.available) == expected
             return
         assert expected is None
         self.holds[hid] = h
-        self.m_holds[hid] = ModelHold(account, amount, cap, self.mono)
-        if cap is not None:
-            self.m_caps[cap].held += amount
+        self.m_holds[hid] = ModelHold(account, amount, caps, self.mono)
+        for i in caps:
+            self.m_caps[i].held += amount
 
     @precondition(lambda self: self.m_holds)
     @rule(data=st.data(), amount=st.integers(0, 4000))
@@ -172,7 +174,7 @@ class LedgerMachine(RuleBasedStateMachine):
         hid = data.draw(st.sampled_from(sorted(self.m_holds)))
         mh, h = self.m_holds[hid], self.holds[hid]
         delta = amount - mh.amount
-        expected = self.m_refusal(mh.account, mh.cap, delta) if delta > 0 else None
+        expected = self.m_refusal(mh.account, mh.caps, delta) if delta > 0 else None
         try:
             self.book.resize(h, amount)
         except Shortfall as s:
@@ -182,16 +184,17 @@ class LedgerMachine(RuleBasedStateMachine):
             return
         assert expected is None
         mh.amount = amount
-        if mh.cap is not None:
-            self.m_caps[mh.cap].held += delta
+        for i in mh.caps:
+            self.m_caps[i].held += delta
 
     def _settled(self, mh: ModelHold, cost: int, charged: int) -> None:
         self.m_balance[mh.account] -= charged
         self.m_balance[REVENUE] += cost
         self.m_balance[OVERRUN] -= cost - charged
         self.costs += cost
-        if mh.cap is not None and charged:
-            self.m_caps[mh.cap].spent.append((int(self.now // DAY), charged))
+        for i in mh.caps:
+            if charged:
+                self.m_caps[i].spent.append((int(self.now // DAY), charged))
 
     @precondition(lambda self: self.m_holds)
     @rule(data=st.data())
@@ -203,8 +206,8 @@ class LedgerMachine(RuleBasedStateMachine):
         s = self.book.settle(h, cost, reference=f"charge:{hid}", created_at=self.clock.now_ms(), org_id=org_id,
                              key_hash="k", generation_id=hid)
         self.commit(s, hid, org_id, cost)
-        if mh.cap is not None:
-            self.m_caps[mh.cap].held -= mh.amount
+        for i in mh.caps:
+            self.m_caps[i].held -= mh.amount
         charged = min(cost, mh.amount)
         assert (s.charged, s.overrun) == (charged, cost - charged)
         assert s.charged <= mh.amount  # never more than the hold
@@ -216,10 +219,10 @@ class LedgerMachine(RuleBasedStateMachine):
 
     # Late settlement of an expired hold. Only holds without a key cap: with one, the
     # book lets the key overspend (see test_book.py::test_settle_after_expiry_respects_the_key_cap).
-    @precondition(lambda self: any(mh.cap is None for mh in self.m_expired.values()))
+    @precondition(lambda self: any(not mh.caps for mh in self.m_expired.values()))
     @rule(data=st.data())
     def settle_late(self, data: st.DataObject) -> None:
-        hid = data.draw(st.sampled_from(sorted(k for k, mh in self.m_expired.items() if mh.cap is None)))
+        hid = data.draw(st.sampled_from(sorted(k for k, mh in self.m_expired.items() if not mh.caps)))
         mh, h = self.m_expired.pop(hid), self.expired.pop(hid)
         cost = data.draw(st.integers(0, max(2 * mh.amount, 1)))
         org_id = int(mh.account.split(":")[1])
@@ -239,8 +242,8 @@ class LedgerMachine(RuleBasedStateMachine):
         hid = data.draw(st.sampled_from(sorted(self.m_holds)))
         mh, h = self.m_holds.pop(hid), self.holds.pop(hid)
         self.book.release(h)
-        if mh.cap is not None:
-            self.m_caps[mh.cap].held -= mh.amount
+        for i in mh.caps:
+            self.m_caps[i].held -= mh.amount
 
     @rule(seconds=st.sampled_from([1, 60, TIMEOUT / 2, TIMEOUT, TIMEOUT + 1, 3 * 3600, DAY, 7 * DAY]))
     def advance(self, seconds: float) -> None:
@@ -255,8 +258,8 @@ class LedgerMachine(RuleBasedStateMachine):
             self.m_expired[hid] = mh
             self.expired[hid] = self.holds.pop(hid)
             assert self.expired[hid].expired and not self.expired[hid].open
-            if mh.cap is not None:
-                self.m_caps[mh.cap].held -= mh.amount
+            for i in mh.caps:
+                self.m_caps[i].held -= mh.amount
 
     # -- invariants -------------------------------------------------------------------------
     @invariant()
@@ -303,7 +306,7 @@ class LedgerMachine(RuleBasedStateMachine):
     def caps_hold(self) -> None:
         for i, (cap, m) in enumerate(zip(self.caps, self.m_caps, strict=True)):
             assert cap.held == m.held
-            remaining = cap.remaining(self.clock.now())
+            remaining = cap.room(self.clock.now())
             assert remaining == self.m_cap_remaining(i)
             assert remaining is not None and remaining >= 0
             assert cap.usage.total == sum(a for _, a in m.spent)

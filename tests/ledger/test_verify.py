@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from farebox.clock import FakeClock
-from farebox.ledger.book import Book, KeyCap
+from farebox.ledger.book import Book
+from farebox.ledger.caps import Cap, key_cap
 from farebox.ledger.entries import EXPIRED, GRANTS, OVERRUN, REVENUE, SYSTEM_ACCOUNTS, Entry, wallet
 from farebox.ledger.verify import Report, verify_memory, verify_store
 from farebox.store import sqlite as ops
@@ -43,8 +44,8 @@ class Live:
         if new:
             self.book.apply(stored)
 
-    def request(self, org_id: int, gid: str, hold: int, cost: int, cap: KeyCap | None = None) -> None:
-        h = self.book.hold(gid, wallet(org_id), hold, cap)
+    def request(self, org_id: int, gid: str, hold: int, cost: int, cap: Cap | None = None) -> None:
+        h = self.book.hold(gid, wallet(org_id), hold, () if cap is None else (cap,))
         s = self.book.settle(h, cost, reference=f"charge:{gid}", created_at=self.clock.now_ms(), org_id=org_id,
                              key_hash="k", generation_id=gid)
         gen = generation(gid, org_id, cost, s.charged)
@@ -73,7 +74,7 @@ def live(tmp_path: Path) -> Iterator[Live]:
     lv.grant(1, 10_000, "a")
     lv.grant(1, 10_000, "a")  # a replay
     lv.grant(2, 500, "b")
-    cap = KeyCap(limit=5000)
+    cap = key_cap(limit=5000)
     lv.request(1, "g1", 3000, 1200, cap)
     lv.request(1, "g2", 1000, 1000)
     lv.request(2, "g3", 400, 900)   # overrun of 500

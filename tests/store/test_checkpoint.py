@@ -15,7 +15,7 @@ def test_checkpoints_move_the_wal_into_the_database(tmp_path):
     path = tmp_path / "c.db"
     store = Store(path)
     writer = GroupWriter(store.writer_conn)
-    writer.run_sync(lambda conn: conn.execute("INSERT INTO organizations VALUES (1, 'o', 0)"))
+    writer.run_sync(lambda conn: conn.execute("INSERT INTO organizations (id, name, created_at) VALUES (1, 'o', 0)"))
     writer.run_sync(lambda conn: ops.ensure_account(conn, wallet(1), 1, "wallet"))
     for i in range(200):
         writer.run_sync(lambda conn, i=i: ops.post_entries(

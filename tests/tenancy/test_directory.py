@@ -40,7 +40,7 @@ def test_keys_authenticate_change_and_survive_a_restart(tmp_path):
         with pytest.raises(Forbidden):
             d.authenticate(f"Bearer {secret}", allow="management")
         await d.update_key(record, {"name": "renamed", "limit": None})
-        assert record.cap.limit is None
+        assert record.limit is None
         return org, secret, record.hash
 
     org, secret, khash = asyncio.run(scenario())
@@ -50,7 +50,7 @@ def test_keys_authenticate_change_and_survive_a_restart(tmp_path):
     clock.advance(30)
     store, writer, d = build(tmp_path / "db", clock)
     record = d.authenticate(f"Bearer {secret}")
-    assert (record.name, record.cap.limit, record.cap.reset, record.org_id) == ("renamed", None, "daily", org.id)
+    assert (record.name, record.limit, record.limit_reset, record.org_id) == ("renamed", None, "daily", org.id)
     assert d.org("acme").default_workspace_id in d.org("acme").workspaces
     assert d.keys[mgmt.hash].is_management
     clock.advance(31)

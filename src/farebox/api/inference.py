@@ -12,7 +12,7 @@ from farebox.api.http import Request
 from farebox.errors import BadRequest
 from farebox.ledger.pricing import PromptSize
 from farebox.relay import ChatRequest
-from farebox.tenancy.records import KeyRecord
+from farebox.tenancy.records import KeyRecord, Project
 
 if TYPE_CHECKING:
     from farebox.app import Gateway
@@ -38,14 +38,38 @@ def requested_models(body: dict[str, Any]) -> list[str]:
     return models
 
 
+PROJECT_HEADER = b"x-farebox-project"
+
+
+def project_of(gw: Gateway, req: Request, key: KeyRecord, body: dict[str, Any]) -> Project | None:
+    """The project a request names, in its workspace: the `project` body field (taken out:
+    it is ours, not the provider's) or the X-Farebox-Project header."""
+    name = body.pop("project", None)
+    if name is None:
+        name = req.header(PROJECT_HEADER)
+        if name is None:
+            return None
+    if not isinstance(name, str) or not name.strip():
+        raise BadRequest("project must be a project's name", field="project")
+    assert key.workspace_id is not None
+    project = gw.directory.projects_by_name.get((key.workspace_id, name.strip()))
+    if project is None:
+        raise BadRequest(f"No project named {name.strip()!r} in this key's workspace: create it with "
+                         "POST /api/v1/projects or `farebox projects create`", field="project")
+    return project
+
+
 def new_request(gw: Gateway, req: Request, key: KeyRecord, body: dict[str, Any], *, api: str, stream: bool,
                 max_tokens: int | None, prompt: PromptSize) -> ChatRequest:
     now = gw.clock.now()
     org = gw.directory.orgs[key.org_id]  # type: ignore[index]
+    workspace = org.workspaces[key.workspace_id]  # type: ignore[index]
+    project = project_of(gw, req, key, body)
+    caps = (key.cap, workspace.cap) if project is None else (key.cap, project.cap, workspace.cap)
     return ChatRequest(
         body=body, key=key, org=org, models=requested_models(body), stream=stream, max_tokens=max_tokens,
         prompt=prompt, gen_id=gw.ids.generation_id(int(now)), created=int(now), created_ms=int(now * 1000),
         started=gw.clock.monotonic(), http_referer=req.header(b"http-referer"),
         title=req.header(b"x-openrouter-title") or req.header(b"x-title"), user_agent=req.header(b"user-agent"),
-        api=api,
+        api=api, workspace=workspace, project=project, caps=caps,
     )

@@ -57,7 +57,12 @@ class BalanceWatch:
     def __call__(self, account: str, before: int, after: int, charged: int) -> None:
         org_id = self._orgs.get(account)
         if org_id is None:
-            org_id = self._orgs[account] = int(account.split(":")[1])
+            parts = account.split(":")
+            # Only the organization's own wallet: alerts and auto top-up watch the credit not
+            # allocated to workspace pools (a pool is refilled by a transfer, not a purchase).
+            org_id = self._orgs[account] = int(parts[1]) if len(parts) == 3 else -1
+        if org_id < 0:
+            return
         now = self.clock.now_ms()
         if charged > 0:
             self._window(org_id).add(charged, now)

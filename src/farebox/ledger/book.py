@@ -14,41 +14,33 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from farebox.clock import Clock
+from farebox.ledger.caps import Cap
 from farebox.ledger.entries import OVERRUN, REVENUE, SYSTEM_ACCOUNTS, Entry, is_floored, is_wallet
 from farebox.ledger.lots import Lot, Lots
-from farebox.ledger.usage import KeyUsage
+
+# Lots made before their entry has an id (a transfer's) take ids from here until it does:
+# above every stored id, in submission order, so they sort in the draw order where the
+# stored ids will (see Lots.rekey).
+PROVISIONAL_LOT = 2**62
 
 
 class Shortfall(Exception):
-    """A hold does not fit. `scope` names the cap that refused it: "wallet" or "key"."""
+    """A hold does not fit. `scope` names what refused it: "wallet", or a cap's scope ("key",
+    "project", "workspace") with the cap's name and the period whose limit binds."""
 
-    def __init__(self, scope: str, available: int, period: str | None = None) -> None:
+    def __init__(self, scope: str, available: int, period: str | None = None, name: str | None = None) -> None:
         super().__init__(scope, available)
-        self.scope, self.available, self.period = scope, available, period
-
-
-@dataclass(slots=True)
-class KeyCap:
-    """A key's spending limit: `limit` nano-dollars per `reset` period (None = lifetime)."""
-
-    limit: int | None = None
-    reset: str | None = None
-    usage: KeyUsage = field(default_factory=KeyUsage)
-    held: int = 0
-
-    def remaining(self, now: float) -> int | None:
-        if self.limit is None:
-            return None
-        return self.limit - self.usage.in_period(self.reset, now) - self.held
+        self.scope, self.available, self.period, self.name = scope, available, period, name
 
 
 @dataclass(slots=True)
 class Hold:
     id: str
     account: str
-    amount: int
-    cap: KeyCap | None
-    created: float  # clock.monotonic()
+    amount: int               # credit reserved on the wallet (and on every cap)
+    caps: tuple[Cap, ...]
+    created: float            # clock.monotonic()
+    byok: int = 0             # BYOK list-price cost reserved on the caps that count it
     open: bool = True
     expired: bool = False
     settled: bool = False
@@ -61,6 +53,8 @@ class Settlement:
     overrun: int   # what the upstream billed beyond the hold, paid by system:overrun
     settled_at: float  # clock.now(), so a revert takes usage back from the right windows
     draws: list[tuple[int, int]] = field(default_factory=list)  # (lot id, amount) the charge spent
+    caps: tuple[Cap, ...] = ()   # the caps the charge counted against, so a revert can take it back
+    byok: int = 0                # BYOK list-price cost counted on the caps that include it
 
 
 class Book:
@@ -75,6 +69,7 @@ class Book:
         self.lots: dict[str, Lots] = {}   # wallet account -> its credit lots (sum = its balance)
         self.expiries: list[tuple[int, str, int]] = []  # heap of (expires_at_ms, wallet, lot id)
         self._synthetic_lot = 0            # ids for credit applied without a stored lot (tests, old rows)
+        self._provisional_lot = PROVISIONAL_LOT  # ids of lots whose entry is not stored yet (transfers)
         self.spent: dict[str, int] = {}   # wallet -> what charges took from it (`total_usage`)
         # Called on every change of a wallet's balance, synchronously, as (wallet, before, after,
         # charged; negative when a charge is undone): low-balance alerts and auto top-up watch here. It must be cheap and must not
@@ -89,41 +84,48 @@ class Book:
         return self.balances.get(account, 0) - self.held.get(account, 0)
 
     # -- holds -------------------------------------------------------------------
-    def _check(self, account: str, cap: KeyCap | None, extra: int) -> None:
+    def _check(self, account: str, caps: tuple[Cap, ...], amount: int, byok: int) -> None:
+        """Raise Shortfall unless `amount` more credit (and `byok` more BYOK cost) fits the
+        wallet and every cap, checked in that order (the caps in the order given)."""
         available = self.available(account)
-        if extra > available:
+        if amount > available:
             raise Shortfall("wallet", available)
-        if cap is not None:
-            remaining = cap.remaining(self.clock.now())
-            if remaining is not None and extra > remaining:
-                raise Shortfall("key", remaining, cap.reset)
+        if caps:
+            now = self.clock.now()
+            for cap in caps:
+                room = cap.remaining(now)
+                if room is not None and cap.reservation(amount, byok) > room[0]:
+                    raise Shortfall(cap.scope, room[0], room[1], cap.name)
 
-    def hold(self, hold_id: str, account: str, amount: int, cap: KeyCap | None = None) -> Hold:
-        assert amount >= 0 and hold_id not in self.holds
-        self._check(account, cap, amount)
-        self.held[account] = self.held.get(account, 0) + amount
-        if cap is not None:
-            cap.held += amount
-        hold = Hold(hold_id, account, amount, cap, self.clock.monotonic())
+    def _reserve(self, hold: Hold, amount: int, byok: int) -> None:
+        self.held[hold.account] = self.held.get(hold.account, 0) + amount
+        for cap in hold.caps:
+            cap.held += cap.reservation(amount, byok)
+            assert cap.held >= 0
+        hold.amount += amount
+        hold.byok += byok
+
+    def hold(self, hold_id: str, account: str, amount: int, caps: tuple[Cap, ...] = (), byok: int = 0) -> Hold:
+        assert amount >= 0 and byok >= 0 and hold_id not in self.holds
+        self._check(account, caps, amount, byok)
+        hold = Hold(hold_id, account, 0, caps, self.clock.monotonic())
+        self._reserve(hold, amount, byok)
         self.holds[hold_id] = hold
         return hold
 
-    def resize(self, hold: Hold, amount: int) -> None:
+    def resize(self, hold: Hold, amount: int, byok: int = 0) -> None:
         """Grow or shrink a hold, e.g. when failover moves to a dearer endpoint. A hold the
         sweeper expired meanwhile (a very long failover) is reserved afresh."""
-        assert not hold.settled and amount >= 0
+        assert not hold.settled and amount >= 0 and byok >= 0
         if not hold.open:
-            self._check(hold.account, hold.cap, amount)
-            hold.open, hold.expired, hold.amount = True, False, 0
+            self._check(hold.account, hold.caps, amount, byok)
+            hold.open, hold.expired, hold.amount, hold.byok = True, False, 0, 0
             hold.created = self.clock.monotonic()
             self.holds[hold.id] = hold
-        delta = amount - hold.amount
-        if delta > 0:
-            self._check(hold.account, hold.cap, delta)
-        self.held[hold.account] += delta
-        if hold.cap is not None:
-            hold.cap.held += delta
-        hold.amount = amount
+        delta, delta_byok = amount - hold.amount, byok - hold.byok
+        if delta > 0 or delta_byok > 0:
+            self._check(hold.account, hold.caps, max(delta, 0), max(delta_byok, 0))
+        self._reserve(hold, delta, delta_byok)
 
     def _close(self, hold: Hold) -> None:
         if not hold.open:
@@ -131,8 +133,9 @@ class Book:
         hold.open = False
         self.held[hold.account] -= hold.amount
         assert self.held[hold.account] >= 0
-        if hold.cap is not None:
-            hold.cap.held -= hold.amount
+        for cap in hold.caps:
+            cap.held -= cap.reservation(hold.amount, hold.byok)
+            assert cap.held >= 0, cap
         del self.holds[hold.id]
 
     def release(self, hold: Hold) -> None:
@@ -152,11 +155,12 @@ class Book:
 
     # -- posting -----------------------------------------------------------------
     def settle(self, hold: Hold, cost: int, *, reference: str, created_at: int,
-               org_id: int | None, key_hash: str | None, generation_id: str) -> Settlement:
-        """Turn a hold into a charge of `cost`. The wallet pays at most the hold: the
-        customer never pays more than was reserved. Anything an upstream billed beyond it
-        is posted from system:overrun, flagged, so it is seen and never silently absorbed."""
-        assert cost >= 0 and not hold.settled, hold
+               org_id: int | None, key_hash: str | None, generation_id: str, byok: int = 0) -> Settlement:
+        """Turn a hold into a charge of `cost` (and `byok` BYOK list-price cost counted on the
+        caps that include it). The wallet pays at most the hold: the customer never pays more
+        than was reserved. Anything an upstream billed beyond it is posted from system:overrun,
+        flagged, so it is seen and never silently absorbed."""
+        assert cost >= 0 and byok >= 0 and not hold.settled, hold
         hold.settled = True
         was_open = hold.open
         self._close(hold)
@@ -164,11 +168,12 @@ class Book:
         ceiling = hold.amount
         if not was_open:
             # Expired: what it reserved may have gone to other requests since; pay only
-            # what the wallet and the key's limit can still cover.
+            # what the wallet and every cap can still cover.
             ceiling = min(ceiling, max(self.available(hold.account), 0))
-            remaining = hold.cap.remaining(now) if hold.cap is not None else None
-            if remaining is not None:
-                ceiling = min(ceiling, max(remaining, 0))
+            for cap in hold.caps:
+                room = cap.remaining(now)
+                if room is not None:
+                    ceiling = min(ceiling, max(room[0], 0))
         charged = min(cost, ceiling)
         overrun = cost - charged
         entries = []
@@ -181,9 +186,9 @@ class Book:
                                  org_id, key_hash, generation_id, memo="upstream billed beyond the hold"))
         for entry in entries:
             draws += self.apply(entry)
-        if hold.cap is not None and charged:
-            hold.cap.usage.add(charged, now)
-        return Settlement(entries, charged, overrun, now, draws)
+        for cap in hold.caps:
+            cap.add(charged, byok, now)
+        return Settlement(entries, charged, overrun, now, draws, hold.caps, byok)
 
     def apply(self, entry: Entry, lot: Lot | None = None, from_lot: int | None = None) -> list[tuple[int, int]]:
         """Post an entry to the balances. Credit into a wallet becomes a lot (`lot`, or a
@@ -219,18 +224,21 @@ class Book:
             return lots.draw(entry.amount)
         return []
 
-    def revert(self, settlement: Settlement, cap: KeyCap | None) -> None:
+    def revert(self, settlement: Settlement) -> None:
         """Undo a settlement whose entries could not be committed."""
         for e in settlement.entries:
             self._unpost(e)
             if is_wallet(e.from_account) and settlement.draws:
                 self.lots[e.from_account].give_back(settlement.draws)
-        if cap is not None and settlement.charged:
-            cap.usage.remove(settlement.charged, settlement.settled_at)
+        for cap in settlement.caps:
+            cap.remove(settlement.charged, settlement.byok, settlement.settled_at)
 
-    def revert_entry(self, entry: Entry, lot_id: int) -> None:
-        """Undo an expiry or refund taken from `lot_id` whose entry could not be committed."""
+    def revert_entry(self, entry: Entry, lot_id: int, into_lot: int | None = None) -> None:
+        """Undo an expiry, refund or transfer taken from `lot_id` whose entry could not be
+        committed; a transfer's receiving lot `into_lot` is forgotten."""
         self._unpost(entry)
+        if into_lot is not None:
+            self.lots[entry.to_account].remove(into_lot)
         self.lots[entry.from_account].give_back([(lot_id, entry.amount)])
         lot = self.lots[entry.from_account].by_id[lot_id]
         if lot.expires_at_ms is not None:
@@ -246,6 +254,18 @@ class Book:
         if self.watch is not None and is_wallet(e.from_account):
             after = self.balances[e.from_account]
             self.watch(e.from_account, after - e.amount, after, -e.amount if e.kind == "charge" else 0)
+
+    def provisional_lot_id(self) -> int:
+        self._provisional_lot += 1
+        return self._provisional_lot
+
+    def rekey_lot(self, account: str, old: int, new: int) -> None:
+        """A provisional lot's entry was stored as `new`."""
+        lots = self.lots[account]
+        lots.rekey(old, new)
+        lot = lots.by_id[new]
+        if lot.expires_at_ms is not None:
+            heapq.heappush(self.expiries, (lot.expires_at_ms, account, new))  # the old id's entry is skipped
 
     def set_lots(self, lots: dict[str, Lots]) -> None:
         """Lots rebuilt from the store at start-up, with their pending expiries."""
@@ -264,9 +284,9 @@ class Book:
         taken: dict[str, int] = {}   # per wallet, what earlier lots of this sweep already expire
         while self.expiries and self.expiries[0][0] <= now_ms:
             expires, account, lot_id = heapq.heappop(self.expiries)
-            lot = self.lots[account].by_id[lot_id]
-            if not lot.remaining:
-                continue
+            lot = self.lots[account].by_id.get(lot_id)
+            if lot is None or not lot.remaining:
+                continue   # spent, or known by its stored id now
             amount = min(lot.remaining, max(self.available(account) - taken.get(account, 0), 0))
             if amount:
                 due.append((account, lot_id, amount))

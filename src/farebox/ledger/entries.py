@@ -26,6 +26,16 @@ def wallet(org_id: int) -> str:
     return f"org:{org_id}:wallet"
 
 
+def workspace_wallet(org_id: int, workspace_id: int) -> str:
+    """A workspace's own pool, funded by transfers from its organization's wallet."""
+    return f"org:{org_id}:ws:{workspace_id}:wallet"
+
+
+def org_of(account: str) -> int:
+    """The organization a wallet belongs to."""
+    return int(account.split(":")[1])
+
+
 def is_wallet(account: str) -> bool:
     return account.endswith(":wallet")
 

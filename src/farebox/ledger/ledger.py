@@ -11,14 +11,27 @@ import sqlite3
 from typing import Any
 
 from farebox.clock import Clock
-from farebox.errors import Conflict, InternalError
-from farebox.ledger.book import Book, KeyCap, Settlement
+from farebox.errors import Conflict, InsufficientCredits, InternalError
+from farebox.ledger.book import Book, Settlement
 from farebox.ledger.entries import BONUSES, EXPIRED, FEES, GRANTS, PAYMENTS, REFUNDS, TAXES, Entry, wallet
 from farebox.ledger.lots import Lot, replay
+from farebox.money import usd_json, usd_text
 from farebox.store import sqlite as ops
 from farebox.store.writer import GroupWriter
 
 log = logging.getLogger("farebox.ledger")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Transfer:
+    reference: str
+    org_id: int
+    source: str      # wallet account
+    target: str      # wallet account
+    amount: int
+    memo: str | None
+    created_by: str | None
+    created_at: int  # unix ms
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -36,7 +49,12 @@ class Ledger:
         self.sweep_interval_s = sweep_interval_s
         self.expired_holds = 0
         self.refunds: dict[str, RefundTerms] = {}   # purchase id -> its refund, decided in memory first
+        self.transfers: dict[str, Transfer] = {}    # reference -> transfer, decided in memory first
         self._sweeper: asyncio.Task[None] | None = None
+        # Operations that name the lots they take from (expiry, refunds, transfers) run one at a
+        # time: a transfer's receiving lots carry provisional ids until its commit, and no entry
+        # may name a lot by an id that is not the stored one.
+        self._naming = asyncio.Lock()
 
     def load(self, conn: sqlite3.Connection) -> None:
         balances = dict(conn.execute("SELECT id, balance FROM accounts"))
@@ -48,6 +66,8 @@ class Ledger:
         self.book.set_lots(replay(*ops.wallet_history(conn)))
         self.refunds = {pid: RefundTerms(pid, org, amount, forfeited, status) for pid, org, amount, forfeited, status
                         in conn.execute("SELECT purchase_id, org_id, amount, forfeited, status FROM refunds")}
+        self.transfers = {row[0]: Transfer(*row) for row in conn.execute(
+            "SELECT reference, org_id, from_account, to_account, amount, memo, created_by, created_at FROM transfers")}
 
     async def grant(self, org_id: int, amount: int, reference: str, memo: str | None = None, *,
                     kind: str = "grant", expires_at_ms: int | None = None) -> tuple[bool, Entry]:
@@ -111,13 +131,18 @@ class Ledger:
         return new, stored
 
     async def refund(self, org_id: int, purchase_id: str, *, unit: int, record: Any) -> tuple[bool, RefundTerms]:
-        """Take back what a purchase's credit lot has left, rounded down to `unit` (a cent for a
-        card), and forfeit what its bonus lot has left: wallet -> system:refunds and wallet ->
-        system:bonuses, each entry naming its lot. Never more than the wallet's open holds leave
-        available, so a request reserved before the refund still gets paid. Decided in memory
-        at once (a concurrent charge cannot spend the same credit) and committed with the
-        refund's row, `record(conn, terms)`. Idempotent on the purchase: a second call returns the
-        first refund's terms and moves nothing."""
+        """Take back what a purchase's credit lots have left in the organization's wallet,
+        rounded down to `unit` (a cent for a card), and forfeit what its bonus lots have left:
+        wallet -> system:refunds and wallet -> system:bonuses, each entry naming its lot. Never
+        more than the wallet's open holds leave available, so a request reserved before the
+        refund still gets paid. Decided in memory at once (a concurrent charge cannot spend the
+        same credit) and committed with the refund's row, `record(conn, terms)`. Idempotent on
+        the purchase: a second call returns the first refund's terms and moves nothing. Credit
+        of the purchase transferred to a workspace's pool stays there."""
+        async with self._naming:
+            return await self._refund(org_id, purchase_id, unit, record)
+
+    async def _refund(self, org_id: int, purchase_id: str, unit: int, record: Any) -> tuple[bool, RefundTerms]:
         if purchase_id in self.refunds:
             prior = self.refunds[purchase_id]
             if prior.org_id != org_id:
@@ -125,24 +150,28 @@ class Ledger:
             return False, prior
         account = wallet(org_id)
         lots = self.book.lots.get(account)
-        mine = [lot for lot in lots.by_id.values() if lot.purchase == purchase_id] if lots else []
-        credit = next((lot for lot in mine if lot.kind == "purchase"), None)
-        bonus = next((lot for lot in mine if lot.kind == "bonus"), None)
-        if credit is None:
+        mine = [lot for lot in lots.live if lot.purchase == purchase_id] if lots else []
+        credit = [lot for lot in mine if lot.kind == "purchase"]
+        bonus = [lot for lot in mine if lot.kind == "bonus"]
+        if not credit:
             raise Conflict(f"Purchase {purchase_id} has no credit in this organization's balance")
         available = max(self.book.available(account), 0)
-        amount = min(credit.remaining, available) // unit * unit
+        amount = min(sum(lot.remaining for lot in credit), available) // unit * unit
         if amount == 0:
             raise Conflict(f"Nothing of purchase {purchase_id} is left to refund")
-        forfeit = min(bonus.remaining, available - amount) if bonus is not None else 0
+        forfeit = min(sum(lot.remaining for lot in bonus), available - amount)
         now = self.clock.now_ms()
         memo = f"refund of purchase {purchase_id}"
-        taken = [(Entry("refund", account, REFUNDS, amount, f"refund:lot:{credit.id}:{purchase_id}", now, org_id,
-                        memo=memo), credit.id)]
-        if forfeit:
-            assert bonus is not None
-            taken.append((Entry("forfeit", account, BONUSES, forfeit, f"refund:lot:{bonus.id}:{purchase_id}", now,
-                                org_id, memo=f"bonus forfeited by the {memo}"), bonus.id))
+        taken: list[tuple[Entry, int]] = []
+        for kind, lots_of_kind, total, to, text in (("refund", credit, amount, REFUNDS, memo),
+                                                     ("forfeit", bonus, forfeit, BONUSES,
+                                                      f"bonus forfeited by the {memo}")):
+            for lot in lots_of_kind:
+                part = min(total, lot.remaining)
+                if part:
+                    taken.append((Entry(kind, account, to, part, f"refund:lot:{lot.id}:{purchase_id}", now, org_id,
+                                        memo=text), lot.id))
+                    total -= part
         terms = RefundTerms(purchase_id, org_id, amount, forfeit, "pending")
         self.refunds[purchase_id] = terms
         for entry, lot_id in taken:
@@ -160,6 +189,49 @@ class Ledger:
             del self.refunds[purchase_id]
             raise
         return True, terms
+
+    async def transfer(self, org_id: int, source: str, target: str, amount: int, reference: str, *,
+                       memo: str | None = None, created_by: str | None = None) -> tuple[bool, Transfer]:
+        """Move `amount` of credit between two wallets of one organization (its own and its
+        workspaces' pools): instant and fee-free, one entry per credit lot it draws from, each
+        making a lot of the same kind, expiry and purchase in `target`, so credit keeps its
+        terms wherever it goes. Never more than `source` has available (open holds stay
+        covered). Idempotent on `reference`: a replay moves nothing; a replay with other terms
+        is a Conflict."""
+        assert amount > 0 and source != target
+        async with self._naming:
+            prior = self.transfers.get(reference)
+            if prior is not None:
+                if (prior.org_id, prior.source, prior.target, prior.amount) != (org_id, source, target, amount):
+                    raise Conflict(f"Reference {reference!r} was already used for a different transfer")
+                return False, prior
+            available = self.book.available(source)
+            if amount > available:
+                raise InsufficientCredits(f"The source has {usd_text(max(available, 0))} USD available to transfer, "
+                                          f"not {usd_text(amount)}", metadata={"available": usd_json(max(available, 0))})
+            now = self.clock.now_ms()
+            record = Transfer(reference, org_id, source, target, amount, memo, created_by, now)
+            moved: list[tuple[Entry, Lot, int]] = []   # (entry, receiving lot, lot drawn from)
+            for lot, part in self.book.lots[source].plan(amount):
+                entry = Entry("transfer", source, target, part, f"transfer:lot:{lot.id}:{reference}", now, org_id,
+                              memo=memo)
+                into = Lot(self.book.provisional_lot_id(), lot.kind, part, now, lot.expires_at_ms,
+                           purchase=lot.purchase)
+                self.book.apply(entry, into, from_lot=lot.id)
+                moved.append((entry, into, lot.id))
+            self.transfers[reference] = record
+            try:
+                ids = await asyncio.shield(self.writer.submit(lambda conn: ops.transfer(
+                    conn, [e for e, _, _ in moved], [(lot.kind, lot.expires_at_ms, lot.purchase) for _, lot, _ in moved],
+                    reference, created_by)))
+            except Exception:
+                for entry, into, drawn in reversed(moved):
+                    self.book.revert_entry(entry, drawn, into.id)
+                del self.transfers[reference]
+                raise
+            for (_, into, _), stored in zip(moved, ids, strict=True):
+                self.book.rekey_lot(target, into.id, stored)
+            return True, record
 
     async def restore_refund(self, terms: RefundTerms, expires_at_ms: int | None, record: Any) -> None:
         """A refund the payment rail refused for good: the credit (and the forfeited bonus) go
@@ -187,7 +259,7 @@ class Ledger:
         await asyncio.shield(future)
         self.refunds[terms.purchase_id] = dataclasses.replace(terms, status="failed")
 
-    async def commit(self, settlement: Settlement, cap: KeyCap | None, generation: dict[str, Any]) -> None:
+    async def commit(self, settlement: Settlement, generation: dict[str, Any]) -> None:
         """Make a settlement and its generation record durable, or undo it in memory."""
         future = self.writer.submit(ops.SettleOp(settlement.entries, generation))
 
@@ -196,7 +268,7 @@ class Ledger:
             # even if the task waiting here is cancelled before the write fails.
             error = None if f.cancelled() else f.exception()
             if f.cancelled() or error is not None:
-                self.book.revert(settlement, cap)
+                self.book.revert(settlement)
                 log.error("could not commit charge for %s: %r", generation.get("id"), error)
 
         future.add_done_callback(reverted)
@@ -232,6 +304,10 @@ class Ledger:
                 log.exception("the credit expiry sweep failed; it runs again at the next sweep")
 
     async def expire_lots(self) -> int:
+        async with self._naming:
+            return await self._expire_lots()
+
+    async def _expire_lots(self) -> int:
         """Move what expired lots have left from their wallet to system:expired, one entry per
         lot (its reference names the lot and how much of it was spent before, so a partial
         expiry held back by open holds gets a reference of its own later). Returns the

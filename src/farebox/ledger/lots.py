@@ -93,6 +93,37 @@ class Lots:
                 self._drop(0)
         return taken
 
+    def plan(self, amount: int) -> list[tuple[Lot, int]]:
+        """What `draw(amount)` would take, lot by lot, without taking it."""
+        parts: list[tuple[Lot, int]] = []
+        for lot in self.live:
+            if not amount:
+                break
+            part = min(amount, lot.remaining)
+            parts.append((lot, part))
+            amount -= part
+        assert not amount, "planning to draw more than the lots hold"
+        return parts
+
+    def rekey(self, old: int, new: int) -> None:
+        """Give a lot made before its entry was stored (a transfer's) the stored entry's id.
+        The new id sorts where the old one did: both are above every stored id before them."""
+        lot = self.by_id.pop(old)
+        lot.id = new
+        self.by_id[new] = lot
+        for i, live in enumerate(self.live):
+            if live is lot:
+                self._keys[i] = lot.order()
+                assert (i == 0 or self._keys[i - 1] <= self._keys[i]) and (
+                    i + 1 == len(self._keys) or self._keys[i] <= self._keys[i + 1]), "rekey moved a lot"
+                break
+
+    def remove(self, lot_id: int) -> None:
+        """Forget a lot whose entry could not be stored (its whole amount must be left)."""
+        lot = self.by_id.pop(lot_id)
+        assert lot.remaining == lot.amount, lot
+        self._drop(self.live.index(lot))
+
     def take(self, lot_id: int, amount: int) -> None:
         """Take `amount` from one named lot (its expiry, or a refund of its purchase)."""
         lot = self.by_id[lot_id]
@@ -130,7 +161,8 @@ def replay(entries: Iterable[tuple[int, str, str, int, int, str]],
     created_at ms, reference) rows, and the stored lot rows by entry id (kind, expiry,
     purchase). Credit without a stored lot (older databases) is a grant that never
     expires; an `expire:lot:<id>...` or `refund:lot:<id>...` entry takes from the lot it
-    names; any other money out of a wallet is drawn in order. Raises AssertionError when
+    names (as does a `transfer:lot:<id>...` entry, whose credit becomes a lot of the same kind,
+    expiry and purchase in the receiving wallet); any other money out of a wallet is drawn in order. Raises AssertionError when
     the entries spend more than the lots hold."""
     wallets: dict[str, Lots] = {}
     for entry_id, source, target, amount, created_at, reference in entries:
@@ -148,8 +180,9 @@ def replay(entries: Iterable[tuple[int, str, str, int, int, str]],
 
 
 def named_lot(reference: str) -> int | None:
-    """The lot an entry takes from by name: `expire:lot:<id>...` or `refund:lot:<id>...`."""
+    """The lot an entry takes from by name: `expire:lot:<id>...`, `refund:lot:<id>...` or
+    `transfer:lot:<id>...`."""
     parts = reference.split(":")
-    if len(parts) >= 3 and parts[0] in ("expire", "refund") and parts[1] == "lot":
+    if len(parts) >= 3 and parts[0] in ("expire", "refund", "transfer") and parts[1] == "lot":
         return int(parts[2])
     return None

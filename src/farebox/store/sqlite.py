@@ -241,6 +241,25 @@ def restore_refund(conn: sqlite3.Connection, entries: list[Entry], kinds: list[s
     return stored
 
 
+def transfer(conn: sqlite3.Connection, entries: list[Entry], lots: list[tuple[str, int | None, str | None]],
+             reference: str, created_by: str | None) -> list[int]:
+    """A transfer between two wallets of one organization: its entries, the lot each one
+    makes in the receiving wallet (kind, expiry, purchase), and its row. Returns the entries' ids."""
+    post_entries(conn, entries)
+    ids = []
+    for entry, (kind, expires, purchase) in zip(entries, lots, strict=True):
+        entry_id = _stored_id(conn, entry.reference)
+        conn.execute("INSERT INTO lots (entry_id, org_id, kind, expires_at, purchase_id) VALUES (?, ?, ?, ?, ?)",
+                     (entry_id, entry.org_id, kind, expires, purchase))
+        ids.append(entry_id)
+    first = entries[0]
+    conn.execute("INSERT INTO transfers (reference, org_id, from_account, to_account, amount, memo, created_by,"
+                 " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                 (reference, first.org_id, first.from_account, first.to_account, sum(e.amount for e in entries),
+                  first.memo, created_by, first.created_at))
+    return ids
+
+
 def wallet_history(conn: sqlite3.Connection) -> tuple[Any, dict[int, tuple[str, int | None, str | None]]]:
     """Every entry into or out of a wallet in id order, and the stored lots: what
     `ledger.lots.replay` rebuilds the lots from."""
