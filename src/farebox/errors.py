@@ -22,11 +22,14 @@ class FareboxError(Exception):
         *,
         metadata: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
+        user_id: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.metadata: dict[str, Any] = dict(metadata or {})
         self.headers: dict[str, str] = dict(headers or {})
+        # OpenRouter puts the caller's id at the top level of some bodies (its rate-limit 429s).
+        self.user_id = user_id
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.status}, {self.message!r})"

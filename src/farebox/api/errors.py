@@ -11,7 +11,10 @@ from farebox.errors import FareboxError
 def error_body(error: FareboxError) -> bytes:
     metadata = dict(error.metadata)
     metadata.setdefault("error_type", error.error_type)
-    return orjson.dumps({"error": {"code": error.status, "message": error.message, "metadata": metadata}})
+    body: dict[str, object] = {"error": {"code": error.status, "message": error.message, "metadata": metadata}}
+    if error.user_id is not None:
+        body["user_id"] = error.user_id
+    return orjson.dumps(body)
 
 
 def error_headers(error: FareboxError) -> list[tuple[bytes, bytes]]:
