@@ -21,7 +21,7 @@ import orjson
 from aiohttp import web
 
 from farebox.sim.controls import ControlError, Controls, resolve, retry_after_headers
-from farebox.sim.flow import Frame, Refusal, stream_frames
+from farebox.sim.flow import Frame, Refusal, bearer_token, stream_frames
 from farebox.sim.model import DEFAULT_THINKING, Ask, Generation, Usage, generate
 from farebox.sim.text import count_units, seed_for
 from farebox.sim.tools import ToolSpec
@@ -331,7 +331,15 @@ class MessageAnswer:
 
 
 class MessagesDialect:
-    """POST /v1/messages. x-api-key and anthropic-version are accepted, not required."""
+    """POST /v1/messages. x-api-key and anthropic-version are accepted, not required; a key
+    starting with sk-sim-invalid is refused as Anthropic refuses an unknown key."""
+
+    def api_key(self, request: web.Request) -> str | None:
+        """Anthropic's key header is x-api-key; its newer SDKs send the key as a bearer token."""
+        return request.headers.get("x-api-key") or bearer_token(request)
+
+    def key_error(self, key: str) -> web.Response:
+        return error_response(401, "authentication_error", "invalid x-api-key")
 
     def answer(self, request: web.Request, raw: bytes) -> MessageAnswer:
         try:

@@ -16,7 +16,7 @@ from typing import Protocol
 from aiohttp import web
 
 from farebox.sim.controls import Controls, stop_point
-from farebox.sim.stats import Stats
+from farebox.sim.stats import INVALID_KEY_PREFIX, KeyCounts, Stats
 
 # A streamed frame: its wire bytes and the output tokens it carries. Envelope frames
 # (a stream's start, block boundaries, pings) carry none; b"" with tokens is a token the
@@ -58,11 +58,21 @@ class Answer(Protocol):
 
 
 class Dialect(Protocol):
+    def api_key(self, request: web.Request) -> str | None: ...  # where this provider carries the key
+
+    def key_error(self, key: str) -> web.Response: ...  # this provider's answer to a key it does not know
+
     def answer(self, request: web.Request, raw: bytes) -> Answer: ...  # raises Refusal
 
     def status_error(self, status: int, retry_after: int | None) -> web.Response: ...
 
     def context_error(self, prompt_tokens: int, limit: int) -> web.Response: ...
+
+
+def bearer_token(request: web.Request) -> str | None:
+    """The key of an `Authorization: Bearer <key>` header, if the request has one."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
 def _gone(request: web.Request) -> bool:
@@ -100,11 +110,21 @@ async def _until_disconnected(request: web.Request) -> None:
 _FLAKY = random.Random()
 
 
-def handler(dialect: Dialect, stats: Stats) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    """The POST handler of one endpoint of `dialect`, counting into `stats`."""
+def handler(dialect: Dialect, stats: Stats, keys: KeyCounts | None = None,
+            ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """The POST handler of one endpoint of `dialect`, counting into `stats` and, per API
+    key, into `keys`."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
         stats.requests += 1
+        key = dialect.api_key(request)
+        if key is not None:
+            if keys is not None:
+                keys.count(key)
+            if key.startswith(INVALID_KEY_PREFIX):
+                # Providers check the key before they read the body. A missing key is
+                # still accepted: tests and benchmarks call the sim without one.
+                return dialect.key_error(key)
         try:
             answer = dialect.answer(request, await request.read())
         except Refusal as refusal:

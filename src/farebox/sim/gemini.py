@@ -291,6 +291,21 @@ class GenerateContentDialect:
     def __init__(self, streaming: bool) -> None:
         self.streaming = streaming
 
+    def api_key(self, request: web.Request) -> str | None:
+        """Google takes the key from the x-goog-api-key header or the `key` query parameter."""
+        return request.headers.get("x-goog-api-key") or request.query.get("key")
+
+    def key_error(self, key: str) -> web.Response:
+        """Google answers an unknown key with a 400 INVALID_ARGUMENT (not a 401) whose
+        ErrorInfo reason, API_KEY_INVALID, is what tells it apart from a bad request."""
+        message = "API key not valid. Please pass a valid API key."
+        details = [
+            {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID",
+             "domain": "googleapis.com", "metadata": {"service": "generativelanguage.googleapis.com"}},
+            {"@type": "type.googleapis.com/google.rpc.LocalizedMessage", "locale": "en-US", "message": message},
+        ]
+        return error_response(400, "INVALID_ARGUMENT", message, details)
+
     def answer(self, request: web.Request, raw: bytes) -> ContentAnswer:
         if self.streaming and request.query.get("alt") != "sse":
             # Without alt=sse Google streams one JSON array; the sim speaks only the SSE form.

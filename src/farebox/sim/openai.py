@@ -19,7 +19,7 @@ import orjson
 from aiohttp import web
 
 from farebox.sim.controls import ControlError, Controls, resolve, retry_after_headers, stop_point
-from farebox.sim.flow import SSE_HEADERS, YIELD_EVERY, Refusal, end_early
+from farebox.sim.flow import SSE_HEADERS, YIELD_EVERY, Refusal, bearer_token, end_early
 from farebox.sim.model import Ask, Generation, Usage, generate
 from farebox.sim.text import count_prompt_tokens, message_text, seed_for
 from farebox.sim.tools import ToolSpec
@@ -135,10 +135,21 @@ _STATUS_KINDS: dict[int, tuple[str, str | None, str]] = {
 
 
 class OpenAIErrors:
-    """The error answers every OpenAI endpoint shares. `prompt_param` names the request
-    field that holds the prompt, for the context-length error."""
+    """The key and the error answers every OpenAI endpoint shares. `prompt_param` names
+    the request field that holds the prompt, for the context-length error."""
 
     prompt_param = "messages"
+
+    def api_key(self, request: web.Request) -> str | None:
+        """OpenAI carries the key as `Authorization: Bearer <key>`."""
+        return bearer_token(request)
+
+    def key_error(self, key: str) -> web.Response:
+        """OpenAI's answer to an unknown key: a 401 naming the key masked, code invalid_api_key."""
+        masked = key[:8] + "*" * (len(key) - 12) + key[-4:] if len(key) > 12 else "*" * len(key)
+        message = (f"Incorrect API key provided: {masked}. You can find your API key at "
+                   "https://platform.openai.com/account/api-keys.")
+        return error_response(401, message, "invalid_request_error", None, "invalid_api_key")
 
     def status_error(self, status: int, retry_after: int | None) -> web.Response:
         if status < 500:

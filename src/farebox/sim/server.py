@@ -15,12 +15,13 @@ from farebox.sim.embeddings import EmbeddingsDialect
 from farebox.sim.flow import handler
 from farebox.sim.gemini import GenerateContentDialect
 from farebox.sim.openai import ChatDialect, json_response
-from farebox.sim.stats import Stats
+from farebox.sim.stats import KeyCounts, Stats
 
 _MAX_BODY = 64 * 1024 * 1024  # long prompts are a legitimate test input
 _SHUTDOWN_TIMEOUT_S = 1.0  # hanging requests would otherwise hold shutdown for a minute
 
 STATS = web.AppKey("farebox_sim_stats", Stats)
+KEYS = web.AppKey("farebox_sim_keys", KeyCounts)
 
 # Listed by GET /v1/models; chat accepts any model id, so retrieving one does too.
 MODELS = ("sim-small", "sim-large", "sim-reasoner")
@@ -45,24 +46,32 @@ async def _stats(request: web.Request) -> web.Response:
 async def _stats_reset(request: web.Request) -> web.Response:
     stats = request.app[STATS]
     stats.reset()
+    request.app[KEYS].reset()
     return json_response(asdict(stats))
+
+
+async def _keys(request: web.Request) -> web.Response:
+    return json_response(request.app[KEYS].counts)
 
 
 def create_app() -> web.Application:
     app = web.Application(client_max_size=_MAX_BODY)
     stats = app[STATS] = Stats()
+    keys = app[KEYS] = KeyCounts()
     routes = {
-        "/v1/chat/completions": handler(ChatDialect(), stats),
-        "/v1/completions": handler(CompletionsDialect(), stats),
-        "/v1/embeddings": handler(EmbeddingsDialect(), stats),
-        "/v1/messages": handler(MessagesDialect(), stats),
+        "/v1/chat/completions": handler(ChatDialect(), stats, keys),
+        "/v1/completions": handler(CompletionsDialect(), stats, keys),
+        "/v1/embeddings": handler(EmbeddingsDialect(), stats, keys),
+        "/v1/messages": handler(MessagesDialect(), stats, keys),
     }
-    generate, stream = handler(GenerateContentDialect(False), stats), handler(GenerateContentDialect(True), stats)
+    generate = handler(GenerateContentDialect(False), stats, keys)
+    stream = handler(GenerateContentDialect(True), stats, keys)
     for version in ("v1beta", "v1"):  # Gemini's API lives under both; the SDKs pick one
         routes[f"/{version}/models/{{model}}:generateContent"] = generate
         routes[f"/{version}/models/{{model}}:streamGenerateContent"] = stream
     app.router.add_get("/_sim/stats", _stats)
     app.router.add_post("/_sim/stats/reset", _stats_reset)
+    app.router.add_get("/_sim/keys", _keys)
     # Every API route also lives under /_sim/{controls}/ so a provider's base URL
     # can carry its behaviour, e.g. http://127.0.0.1:8090/_sim/status=503/v1
     for prefix in ("", "/_sim/{controls}"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass
 
 
@@ -49,3 +50,27 @@ class Stats:
         for name in asdict(self):
             if not name.startswith("active_"):
                 setattr(self, name, 0)
+
+
+INVALID_KEY_PREFIX = "sk-sim-invalid"  # a key the simulated provider rejects as not valid
+
+
+def key_fingerprint(key: str) -> str:
+    """How GET /_sim/keys names a key: the first 16 hex digits of its SHA-256, so a test can
+    tell which key reached the upstream without the simulator echoing any key."""
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+class KeyCounts:
+    """Requests per API key (by fingerprint), read by tests through GET /_sim/keys. Every
+    request that carries a key counts, also one refused because its key is invalid."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def count(self, key: str) -> None:
+        fingerprint = key_fingerprint(key)
+        self.counts[fingerprint] = self.counts.get(fingerprint, 0) + 1
+
+    def reset(self) -> None:
+        self.counts.clear()
