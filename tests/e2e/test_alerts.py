@@ -25,7 +25,7 @@ from aiosmtpd.controller import Controller
 
 from farebox.billing import notify
 from tests.e2e.conftest import client
-from tests.e2e.procs import Gateway, http
+from tests.e2e.procs import Gateway, http, member_token
 from tests.simthread import running_sim
 
 SECRET = "whsec_test_alerts"
@@ -145,6 +145,13 @@ def put_alerts(gw: Gateway, org: str, thresholds: Any) -> tuple[int, Any]:
     return status, body
 
 
+def recipients(gw: Gateway, org: str, *emails: str) -> None:
+    """Alert recipients are members: make each email a (viewer) member of `org`."""
+    for address in emails:
+        gw.admin("POST", "/organization/members", {"organization": org, "email": address,
+                                                   "password": "alerts-only-1", "role": "viewer"})
+
+
 def get_alerts(gw: Gateway, org: str) -> list[dict[str, Any]]:
     status, body, _ = http("GET", f"{gw.api}/credits/alerts?organization={org}", key=gw.management_key)
     assert status == 200, body
@@ -183,6 +190,7 @@ def test_each_threshold_alerts_once_by_email_and_signed_webhook(alerting: Gatewa
     gw = alerting
     gw.org("acme", "5.00")
     key, _ = gw.key("acme")
+    recipients(gw, "acme", "warn@acme.example", "oncall@acme.example", "cfo@acme.example")
     status, body = put_alerts(gw, "acme", [
         {"name": "warning", "below": "4.9999", "emails": ["warn@acme.example"], "webhooks": [hook_url]},
         {"name": "urgent", "below": "4.98", "emails": ["oncall@acme.example", "cfo@acme.example"],
@@ -252,6 +260,7 @@ def test_a_threshold_rearms_when_the_balance_rises_above_it(alerting: Gateway, i
     gw = alerting
     gw.org("rearm", "5.00")
     key, _ = gw.key("rearm")
+    recipients(gw, "rearm", "ops@rearm.example")
     status, body = put_alerts(gw, "rearm", [{"name": "low", "below": "4.99", "emails": ["ops@rearm.example"],
                                              "webhooks": [hook_url]}])
     assert status == 200, body
@@ -303,6 +312,8 @@ BAD_THRESHOLDS: list[tuple[str, Any]] = [
     ("name missing", [{"below": "1"}]),
     ("second threshold bad", [{"name": "a", "below": "1"}, {"name": "b", "below": "-1"}]),
     ("emails not a list", [{"name": "a", "below": "1", "emails": "ops@example.com"}]),
+    ("email of no member", [{"name": "a", "below": "1", "emails": ["stranger@example.com"]}]),
+    ("email of a disabled member", [{"name": "a", "below": "1", "emails": ["gone@example.com"]}]),
 ]
 
 
@@ -311,6 +322,10 @@ def test_bad_thresholds_are_refused_and_change_nothing(gateway: Gateway, org_nam
                                                        thresholds: Any):
     gw = gateway
     gw.org(org_name, "1.00")
+    recipients(gw, org_name, "ops@example.com", "gone@example.com")
+    [gone] = [m for m in gw.admin("GET", f"/organization/members?organization={org_name}")["data"]
+              if m["email"] == "gone@example.com"]
+    gw.admin("PATCH", f"/organization/members/{gone['id']}", {"organization": org_name, "disabled": True})
     good = [{"name": "warning", "below": "0.5", "emails": ["ops@example.com"],
              "webhooks": ["https://hooks.example/farebox"]}]
     assert put_alerts(gw, org_name, good)[0] == 200
@@ -321,10 +336,16 @@ def test_bad_thresholds_are_refused_and_change_nothing(gateway: Gateway, org_nam
     assert body["error"]["code"] == 400 and isinstance(body["error"]["message"], str) and body["error"]["message"]
     assert get_alerts(gw, org_name) == before
 
-    # Through the organization's own key too (no `organization` needed, and the same answer).
-    key, _ = gw.key(org_name)
-    status, body, _ = http("PUT", f"{gw.api}/credits/alerts", {"thresholds": thresholds}, key)
+    # Through an admin's session too (no `organization` needed, and the same answer) ...
+    admin = member_token(gw, org_name, "admin")
+    status, body, _ = http("PUT", f"{gw.api}/credits/alerts", {"thresholds": thresholds}, admin)
     assert status == 400 and body["error"]["code"] == 400
+    assert get_alerts(gw, org_name) == before
+    # ... while the organization's API key may not change alerts at all, valid or not.
+    key, _ = gw.key(org_name)
+    for attempt in (thresholds, good):
+        status, body, _ = http("PUT", f"{gw.api}/credits/alerts", {"thresholds": attempt}, key)
+        assert status == 403 and body["error"]["metadata"]["required"] == "credits.write", body
     assert get_alerts(gw, org_name) == before
 
 
@@ -398,9 +419,12 @@ def test_a_key_reads_only_its_own_organizations_statement(gateway: Gateway, org_
     own = closing_and_generations(key_a, f"from={today}&to={today}")
     assert own[0] == Decimal("1") and a in own[1] and own[2] == set()
     for query in (f"from={today}&to={today}&organization={b}", f"organization={b}"):
-        closing, disposition, gens = closing_and_generations(key_a, query)
-        assert closing == Decimal("1") and f"statement-{a}-" in disposition and b not in disposition.replace(a, "")
-        assert secret_b not in gens
+        # Naming another organization answers exactly as for one that does not exist.
+        status, body, _ = statement(gw, key_a, query)
+        assert status == 404 and body["error"]["message"] == f"No organization named {b!r}", body
+        assert secret_b not in json.dumps(body)
+        status, missing, _ = statement(gw, key_a, query.replace(f"organization={b}", "organization=no-such-org"))
+        assert status == 404 and missing["error"]["message"] == "No organization named 'no-such-org'"
     # The management key naming B does get B's.
     closing, disposition, gens = closing_and_generations(gw.management_key, f"from={today}&to={today}&organization={b}")
-    assert closing == gw.balance(b) and secret_b in gens
+    assert closing == gw.balance(b) and secret_b in gens and f"statement-{b}-" in disposition

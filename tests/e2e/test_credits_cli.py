@@ -156,6 +156,9 @@ def test_auto_topup_shows_and_refuses_without_a_saved_card(gateway: Gateway, org
 
 def test_alerts_set_show_and_clear(gateway: Gateway, org_name: str) -> None:
     gateway.org(org_name)
+    for address in ("ops@example.com", "cfo@example.com"):   # alert recipients are members
+        gateway.admin("POST", "/organization/members", {"organization": org_name, "email": address,
+                                                        "password": "alerts-only-1", "role": "viewer"})
     assert "no low-balance alerts" in ok(gateway, "alerts", "--org", org_name)
     set_ = as_json(gateway, "alerts", "--org", org_name, "--set", "warning=20", "--set", "urgent=0.000000001",
                    "--email", "warning=ops@example.com", "--email", "warning=cfo@example.com",
@@ -172,6 +175,8 @@ def test_alerts_set_show_and_clear(gateway: Gateway, org_name: str) -> None:
     # The server validates; its message comes back verbatim ("thresholds[0]" is not markup).
     err = fails(gateway, "alerts", "--org", org_name, "--set", "warning=twenty")
     assert "thresholds[0].below" in err
+    err = fails(gateway, "alerts", "--org", org_name, "--set", "warning=20", "--email", "warning=stranger@example.com")
+    assert "stranger@example.com is not the email of an active member" in err
     # A recipient for a threshold not being set is the user's mistake: a usage error, nothing sent.
     usage = cli(gateway, "alerts", "--org", org_name, "--set", "warning=20", "--email", "urgnet=ops@example.com")
     assert usage.returncode == 2 and "urgnet" in usage.stderr

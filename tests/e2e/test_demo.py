@@ -39,9 +39,13 @@ def test_demo_serves_simulated_models_to_a_funded_key(tmp_path):
         assert models["sim/large"]["context_length"] == 200000
         assert models["sim/large"]["top_provider"]["max_completion_tokens"] == 64000
         assert models["sim/small:free"]["pricing"]["completion"] == "0"
-        # Buying credits works in the demo: its fake Stripe's Checkout, paid as a buyer would.
-        status, started, _ = http("POST", f"{info['base_url']}/credits/checkout", {"amount": "25"},
+        # Buying credits works in the demo: its fake Stripe's Checkout, paid as a buyer would. Buying
+        # is for the operator or an organization's members with credits.write, not for API keys.
+        status, refused, _ = http("POST", f"{info['base_url']}/credits/checkout", {"amount": "25"},
                                   key=info["api_key"])
+        assert status == 403 and refused["error"]["metadata"]["required"] == "credits.write"
+        status, started, _ = http("POST", f"{info['base_url']}/credits/checkout",
+                                  {"amount": "25", "organization": "demo"}, key=info["management_key"])
         assert status == 201 and started["data"]["charged"] == Decimal("26.38")
         origin = started["data"]["url"].split("/c/pay/")[0]
         status, _, _ = http("POST", f"{origin}/_fake/checkout/sessions/{started['data']['checkout_id']}/complete", {})

@@ -83,7 +83,7 @@ def test_management_key_cannot_call_inference_and_api_key_cannot_manage(funded):
         client(gw, gw.management_key).chat.completions.create(model="sim/small", messages=MSG)
     status, body, _ = http("GET", f"{gw.api}/keys?organization=x", key=key)
     assert status == 403
-    assert assert_shape(body, 403)["message"] == "Only management keys can perform this operation"
+    assert assert_shape(body, 403)["message"] == "Only management keys or members can perform this operation"
 
 
 def test_insufficient_credits_gives_the_affordability_message(gateway, org_name):

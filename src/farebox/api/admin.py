@@ -1,8 +1,11 @@
-"""Management endpoints (management key only): organizations, credit grants, the key API
-of OpenRouter's section 2.8, and ledger verification.
+"""Management endpoints: organizations, credit grants, recorded purchases and ledger
+verification (the operator's management key only), and the key API of OpenRouter's
+section 2.8 (the operator or a logged-in member, never an API key).
 
 Farebox's management key is the operator's, above every organization, so key calls name
 the organization they act on: `organization` in the body or the query (a name or an id).
+A member acts on their own organization, within their role and workspaces
+(`farebox.tenancy.access`).
 """
 
 from __future__ import annotations
@@ -13,12 +16,14 @@ from typing import TYPE_CHECKING, Any
 from farebox.api.http import Request, Response, json_response, parse_iso
 from farebox.api.wire import key_wire, org_wire
 from farebox.billing.purchases import Quote
-from farebox.errors import BadRequest
+from farebox.errors import BadRequest, NotFound
 from farebox.ledger.entries import SYSTEM_ACCOUNTS
 from farebox.ledger.usage import PERIODS
 from farebox.ledger.verify import verify_memory, verify_store
 from farebox.money import MoneyFormatError, parse_usd, usd_json
-from farebox.tenancy.records import Organization
+from farebox.tenancy import access
+from farebox.tenancy.access import Principal
+from farebox.tenancy.records import KeyRecord
 
 if TYPE_CHECKING:
     from farebox.app import Gateway
@@ -54,14 +59,6 @@ def _usd(value: Any, field: str, *, allow_zero: bool = True) -> int:
     if nanos == 0 and not allow_zero:
         raise BadRequest(f"{field} must be more than zero", field=field)
     return nanos
-
-
-def _org_of(gw: Gateway, req: Request, body: dict[str, Any] | None = None) -> Organization:
-    name = (body or {}).get("organization") or req.query("organization")
-    if name is None:
-        raise BadRequest("Name the organization: \"organization\" in the body or ?organization=NAME",
-                         field="organization")
-    return gw.directory.org(name if isinstance(name, str) else int(name))
 
 
 # -- organizations and credits ---------------------------------------------------------
@@ -150,63 +147,100 @@ def _key_options(body: dict[str, Any], *, creating: bool) -> dict[str, Any]:
         if not isinstance(body["disabled"], bool):
             raise BadRequest("disabled must be a boolean", field="disabled")
         out["disabled"] = body["disabled"]
+    for rate in ("rate_limit_rpm", "rate_limit_tpm"):   # per minute; null: no limit
+        if rate in body:
+            value = body[rate]
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**31):
+                raise BadRequest(f"{rate} must be a positive integer or null", field=rate)
+            out[rate] = value
     return out
 
 
 async def create_key(gw: Gateway, req: Request) -> Response:
-    _auth(gw, req)
+    principal = access.resolve(gw, req)
     body = await _body(req)
-    org = _org_of(gw, req, body)
+    org = access.organization(gw, principal, req, body)
     options = _key_options(body, creating=True)
     workspace_id = body.get("workspace_id")
     if workspace_id is not None and (not isinstance(workspace_id, int) or isinstance(workspace_id, bool)):
         raise BadRequest("workspace_id must be an integer", field="workspace_id")
-    creator = body.get("creator_user_id") if isinstance(body.get("creator_user_id"), str) else None
+    if workspace_id is None:
+        workspace_id = org.default_workspace_id
+    access.require(principal, "keys.write", workspace_id=workspace_id)
+    if principal.member is not None:   # a member's key is theirs: they may change it later
+        creator = principal.member.id
+    else:
+        creator = body.get("creator_user_id") if isinstance(body.get("creator_user_id"), str) else None
     record, secret = await gw.directory.create_key(
         org, options["name"], workspace_id=workspace_id, limit=options.get("limit"),
         limit_reset=options.get("limit_reset"), include_byok_in_limit=options.get("include_byok_in_limit", False),
-        expires_at=options.get("expires_at"), creator_user_id=creator)
+        expires_at=options.get("expires_at"), creator_user_id=creator,
+        rate_limit_rpm=options.get("rate_limit_rpm"), rate_limit_tpm=options.get("rate_limit_tpm"))
     return json_response({"data": key_wire(gw, record), "key": secret}, 201)
 
 
 async def list_keys(gw: Gateway, req: Request) -> Response:
-    _auth(gw, req)
-    org = _org_of(gw, req)
+    principal = access.resolve(gw, req)
+    org = access.organization(gw, principal, req)
+    access.require(principal, "read")
     include_disabled = req.query("include_disabled") in ("true", "1")
     offset = req.query("offset") or "0"
     if not offset.isdigit():
         raise BadRequest("offset must be a non-negative integer", field="offset")
     workspace = req.query("workspace_id")
+    if workspace is not None:
+        if not workspace.isdigit():
+            raise BadRequest("workspace_id must be an integer", field="workspace_id")
+        access.require(principal, "read", workspace_id=int(workspace))
     keys = [k for k in gw.directory.org_keys(org.id)
-            if (include_disabled or not k.disabled) and (workspace is None or str(k.workspace_id) == workspace)]
+            if (include_disabled or not k.disabled) and (workspace is None or str(k.workspace_id) == workspace)
+            and access.can_see_workspace(principal, k.workspace_id)]  # type: ignore[arg-type]
     keys.sort(key=lambda k: k.created_at)
     page = keys[int(offset):int(offset) + 100]
     return json_response({"data": [key_wire(gw, k) for k in page]})
 
 
-def _key_of(gw: Gateway, req: Request) -> Any:
-    org = req.query("organization")
-    org_id = gw.directory.org(org).id if org else None
-    return gw.directory.key(req.params["hash"], org_id)
+def _key_of(gw: Gateway, req: Request, principal: Principal, body: dict[str, Any] | None = None) -> KeyRecord:
+    """The key named in the path, as the caller may see it: in their organization and in a
+    workspace they can see, else 404. The operator may name a key by its hash alone."""
+    khash = req.params["hash"]
+    if principal.is_operator and (body or {}).get("organization") is None and req.query("organization") is None:
+        return gw.directory.key(khash)
+    org = access.organization(gw, principal, req, body)
+    record = gw.directory.key(khash, org.id)
+    if not access.can_see_workspace(principal, record.workspace_id):  # type: ignore[arg-type]
+        raise NotFound(f"No key with hash {khash!r}")   # Directory.key's words for a missing one
+    return record
+
+
+def _require_key_write(principal: Principal, record: KeyRecord) -> None:
+    access.require(principal, "keys.write", workspace_id=record.workspace_id, creator=record.creator_user_id,
+                   existing=True)
 
 
 async def get_key(gw: Gateway, req: Request) -> Response:
-    _auth(gw, req)
-    return json_response({"data": key_wire(gw, _key_of(gw, req))})
+    principal = access.resolve(gw, req)
+    record = _key_of(gw, req, principal)
+    access.require(principal, "read")
+    return json_response({"data": key_wire(gw, record)})
 
 
 async def patch_key(gw: Gateway, req: Request) -> Response:
-    _auth(gw, req)
-    record = _key_of(gw, req)
-    changes = _key_options(await _body(req), creating=False)
+    principal = access.resolve(gw, req)
+    body = await _body(req)
+    record = _key_of(gw, req, principal, body)
+    _require_key_write(principal, record)
+    changes = _key_options(body, creating=False)
     if changes:
         await gw.directory.update_key(record, changes)
     return json_response({"data": key_wire(gw, record)})
 
 
 async def delete_key(gw: Gateway, req: Request) -> Response:
-    _auth(gw, req)
-    await gw.directory.delete_key(_key_of(gw, req))
+    principal = access.resolve(gw, req)
+    record = _key_of(gw, req, principal)
+    _require_key_write(principal, record)
+    await gw.directory.delete_key(record)
     return json_response({"deleted": True})
 
 

@@ -1,9 +1,11 @@
 """Credits management (issue 5): buying through Stripe Checkout, packages, lots, purchases and
 refunds, auto top-up and alert settings, invoices and statements, and Stripe's webhook.
 
-Each endpoint acts on one organization: an API key's own, or, with the management key, the
-one named by `organization` (query or body). Who inside an organization may call which is
-the roles' business (members and roles come with governance).
+Each endpoint acts on one organization: an API key's or a member's own, or, with the
+management key, the one named by `organization` (query or body). Reading is open to the
+organization's API keys and members; buying, refunding and changing auto top-up or alert
+settings need a member with credits.write (or the operator). Alert emails go to members.
+The Stripe webhook is not authenticated by a bearer: its signature is checked.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from farebox.billing.alerts import Threshold, one_line
 from farebox.billing.invoice import render_html, render_pdf
 from farebox.billing.purchases import quote
 from farebox.billing.statement import Movement, render_csv
-from farebox.errors import BadRequest, NotFound
+from farebox.errors import BadRequest, Forbidden, NotFound
 from farebox.ledger.entries import wallet
 from farebox.ledger.ledger import RefundTerms
 from farebox.money import usd_json
+from farebox.tenancy import access
 from farebox.tenancy.records import Organization
 
 if TYPE_CHECKING:
@@ -37,15 +40,19 @@ DAY_MS = 86_400_000
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
-def _org(gw: Gateway, req: Request, body: dict[str, Any] | None = None) -> Organization:
-    record = gw.directory.authenticate(req.header(b"authorization"), allow="any")
-    if not record.is_management:
-        return gw.directory.orgs[record.org_id]  # type: ignore[index]
-    name = (body or {}).get("organization") or req.query("organization")
-    if not name:
-        raise BadRequest("With a management key, name the organization: \"organization\" in the body or "
-                         "?organization=NAME", field="organization")
-    return gw.directory.org(name if isinstance(name, str) else str(name))
+def _org(gw: Gateway, req: Request, body: dict[str, Any] | None = None, *, write: bool = False,
+         whole: bool = False) -> Organization:
+    """The organization the call acts on, once the caller may: reading needs `read` (an API
+    key of the organization will do), `write` (money moves or billing changes) credits.write.
+    `whole`: the answer shows the organization wallet's movements, which a caller limited to
+    some workspaces (a key, a restricted member) may not see."""
+    principal = access.resolve(gw, req, allow_keys=True)
+    org = access.organization(gw, principal, req, body)
+    access.require(principal, "credits.write" if write else "read")
+    if whole and principal.workspaces is not None:
+        raise Forbidden("This covers the whole organization's wallet; it needs a member not limited to some "
+                        "workspaces", metadata={"role": principal.role})
+    return org
 
 
 # -- balance ---------------------------------------------------------------------------------
@@ -53,15 +60,16 @@ def _org(gw: Gateway, req: Request, body: dict[str, Any] | None = None) -> Organ
 async def credits(gw: Gateway, req: Request) -> Response:
     """OpenRouter's shape (`total_credits`, `total_usage`), then what our users need beside it.
     total_credits - total_usage is the balance: credit that left other than by spending (a
-    refund, an expiry, a forfeited bonus) is not counted as credit."""
+    refund, an expiry, a forfeited bonus) is not counted as credit. Every wallet of the
+    organization counts, workspace pools included: a transfer between them changes nothing here."""
     org = _org(gw, req)
-    account = wallet(org.id)
-    usage = gw.book.spent.get(account, 0)
-    balance = gw.book.balance(account)
-    kinds = dict(await gw.store.read(_kinds, account))
+    accounts = org.accounts
+    usage = sum(gw.book.spent.get(a, 0) for a in accounts)
+    balance = sum(gw.book.balance(a) for a in accounts)
+    kinds = dict(await gw.store.read(_kinds, accounts))
     return json_response({"data": {
         "total_credits": usd_json(balance + usage), "total_usage": usd_json(usage),
-        "balance": usd_json(balance), "available": usd_json(gw.book.available(account)),
+        "balance": usd_json(balance), "available": usd_json(sum(gw.book.available(a) for a in accounts)),
         "purchased": usd_json(kinds.get("purchase", 0)), "bonus": usd_json(kinds.get("bonus", 0)),
         "granted": usd_json(kinds.get("grant", 0) + kinds.get("trial", 0)),
         "refunded": usd_json(kinds.get("refund", 0)),
@@ -70,19 +78,21 @@ async def credits(gw: Gateway, req: Request) -> Response:
     }})
 
 
-def _kinds(conn: sqlite3.Connection, account: str) -> list[tuple[str, int]]:
-    """Amounts into and out of the wallet by entry kind, charges aside. A failed refund's
-    entries put refunded credit and forfeited bonus back: they are netted against the
-    refund and the forfeit, not counted as new credit."""
+def _kinds(conn: sqlite3.Connection, accounts: list[str]) -> list[tuple[str, int]]:
+    """Amounts into and out of the wallets by entry kind, charges and transfers between them
+    aside. A failed refund's entries put refunded credit and forfeited bonus back: they are
+    netted against the refund and the forfeit, not counted as new credit."""
+    marks = ", ".join("?" * len(accounts))
     return conn.execute(
         "SELECT CASE kind WHEN 'refund_failed' THEN 'refund' WHEN 'forfeit_failed' THEN 'forfeit' ELSE kind END k,"
         " SUM(CASE WHEN kind IN ('refund_failed', 'forfeit_failed') THEN -amount ELSE amount END)"
-        " FROM entries WHERE (to_account = ?1 OR from_account = ?1) AND kind != 'charge' GROUP BY k",
-        (account,)).fetchall()
+        f" FROM entries WHERE (to_account IN ({marks}) OR from_account IN ({marks}))"
+        " AND kind NOT IN ('charge', 'transfer') GROUP BY k",
+        (*accounts, *accounts)).fetchall()
 
 
 async def packages(gw: Gateway, req: Request) -> Response:
-    gw.directory.authenticate(req.header(b"authorization"), allow="any")
+    access.resolve(gw, req, allow_keys=True)
     p = gw.purchase_pricing
     return json_response({"data": {
         "packages": [{"amount": usd_json(pkg.amount), "bonus_percent": str(pkg.bonus_percent),
@@ -100,7 +110,7 @@ async def packages(gw: Gateway, req: Request) -> Response:
 
 async def checkout(gw: Gateway, req: Request) -> Response:
     body = await req.json(BODY_MAX)
-    org = _org(gw, req, body)
+    org = _org(gw, req, body, write=True)
     credits = _usd(body.get("amount"), "amount", allow_zero=False)
     save_card = body.get("save_card", True)
     if not isinstance(save_card, bool):
@@ -167,7 +177,7 @@ def _refund_wire(t: RefundTerms) -> dict[str, Any]:
 
 async def refund(gw: Gateway, req: Request) -> Response:
     body = await req.json(BODY_MAX)
-    org = _org(gw, req, body)
+    org = _org(gw, req, body, write=True)
     terms = await gw.payments.refund(org, req.params["purchase"])
     return json_response({"data": _refund_wire(terms)}, 202 if terms.status == "pending" else 200)
 
@@ -190,7 +200,7 @@ async def get_auto_topup(gw: Gateway, req: Request) -> Response:
 
 async def put_auto_topup(gw: Gateway, req: Request) -> Response:
     body = await req.json(BODY_MAX)
-    org = _org(gw, req, body)
+    org = _org(gw, req, body, write=True)
     profile = gw.profiles.get(org.id)
     enabled = body.get("enabled", profile.topup_enabled)
     if not isinstance(enabled, bool):
@@ -238,9 +248,9 @@ async def get_alerts(gw: Gateway, req: Request) -> Response:
 
 async def put_alerts(gw: Gateway, req: Request) -> Response:
     """Replace the organization's thresholds: {"thresholds": [{"name", "below", "emails",
-    "webhooks"}]}; an empty list turns alerts off."""
+    "webhooks"}]}; an empty list turns alerts off. Every email must be an active member's."""
     body = await req.json(BODY_MAX)
-    org = _org(gw, req, body)
+    org = _org(gw, req, body, write=True)
     raw = body.get("thresholds")
     if not isinstance(raw, list) or len(raw) > THRESHOLDS_MAX:
         raise BadRequest(f"thresholds must be a list of at most {THRESHOLDS_MAX}", field="thresholds")
@@ -252,13 +262,27 @@ async def put_alerts(gw: Gateway, req: Request) -> Response:
         name = item.get("name")
         if not isinstance(name, str) or not name.strip() or len(name) > 64 or one_line(name) != name:
             raise BadRequest(f"{where}.name must be a one-line name of at most 64 characters", field=f"{where}.name")
-        emails = _strings(item.get("emails", []), f"{where}.emails", lambda s: "@" in s and one_line(s) == s)
+        emails = _member_emails(gw, org, _strings(item.get("emails", []), f"{where}.emails",
+                                                  lambda s: "@" in s and one_line(s) == s), f"{where}.emails")
         hooks = _strings(item.get("webhooks", []), f"{where}.webhooks", lambda s: s.startswith(("https://", "http://")))
         thresholds.append(Threshold(name, _usd(item.get("below"), f"{where}.below"), emails, hooks))
     if len({t.name for t in thresholds}) != len(thresholds):
         raise BadRequest("threshold names must be distinct", field="thresholds")
     await gw.profiles.update(org.id, alerts=tuple(sorted(thresholds, key=lambda t: -t.below_nanos)))
     return json_response({"data": _alerts_wire(gw, org.id)})
+
+
+def _member_emails(gw: Gateway, org: Organization, emails: tuple[str, ...], field: str) -> tuple[str, ...]:
+    """Alert recipients are members: each email must be an active member's (kept as the
+    member's lower-cased email)."""
+    out = []
+    for email in emails:
+        member = gw.members.by_email(org.id, email)
+        if member is None or member.disabled:
+            raise BadRequest(f"{field}: {email} is not the email of an active member of the organization",
+                             field=field)
+        out.append(member.email)
+    return tuple(dict.fromkeys(out))
 
 
 def _strings(value: Any, field: str, valid: Any) -> tuple[str, ...]:
@@ -303,7 +327,7 @@ def _attachment(name: str, ext: str) -> tuple[bytes, bytes]:
 async def statement(gw: Gateway, req: Request) -> Response:
     """GET /credits/statement.csv?from=2026-11-01&to=2026-11-30: every movement of the balance
     in those UTC days (both included), with opening and closing balances."""
-    org = _org(gw, req)
+    org = _org(gw, req, whole=True)
     today = gw.clock.now_ms() // DAY_MS
     end = _day(req.query("to"), "to", today) + 1
     start = _day(req.query("from"), "from", end - 31)   # by default the 31 days ending with `to`
