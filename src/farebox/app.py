@@ -25,7 +25,13 @@ from farebox.catalog.model import Catalog
 from farebox.clock import Clock
 from farebox.ids import MANAGEMENT_KEY_PREFIX, Ids
 from farebox.ledger.book import Book
+from farebox.ledger.byok import ByokMeter
 from farebox.ledger.ledger import Ledger
+from farebox.ledger.usage import period_start
+from farebox.limits.admission import Admission
+from farebox.limits.free import FreeTier
+from farebox.limits.keys import KeyRates
+from farebox.limits.memory import MemoryLimiter
 from farebox.money import parse_usd
 from farebox.providers.anthropic import AnthropicDialect
 from farebox.providers.gemini import GeminiDialect
@@ -36,7 +42,11 @@ from farebox.settings import Settings
 from farebox.store.checkpoint import Checkpointer
 from farebox.store.sqlite import Store
 from farebox.store.writer import GroupWriter
+from farebox.tenancy.byok import Credentials
 from farebox.tenancy.directory import Directory
+from farebox.tenancy.members import Members
+from farebox.tenancy.vault import load_vault
+from farebox.tenancy.workspaces import Workspaces
 
 log = logging.getLogger("farebox")
 
@@ -71,6 +81,14 @@ class Gateway:
         self.directory = Directory(self.writer, self.book, self.clock, self.ids)
         self.ledger.load(self.store.writer_conn)
         self.directory.load(self.store.writer_conn)
+        self.workspaces = Workspaces(self.writer, self.book, self.clock, self.directory)
+        self.members = Members(self.writer, self.clock, self.ids, settings.password_scrypt_n,
+                               session_ttl_s=settings.session_ttl_hours * 3600)
+        self.members.load(self.store.writer_conn)
+        self.vault = load_vault(settings)
+        self.credentials = Credentials(self.writer, self.clock, self.ids, self.vault)
+        self.credentials.load(self.store.writer_conn)
+        self.byok_meter = ByokMeter(settings.byok_fee_percent, parse_usd(settings.byok_monthly_allowance_usd))
         self._billing(settings)
         secret = read_or_create_secret(settings.management_key_file, self.ids.management_key)
         if not secret.startswith(MANAGEMENT_KEY_PREFIX):
@@ -81,11 +99,25 @@ class Gateway:
             total_timeout_s=settings.upstream_timeout_s, connections_max=settings.upstream_connections_max)
         dialects = {"openai": OpenAIDialect(self.upstreams), "anthropic": AnthropicDialect(self.upstreams, self.clock),
                     "gemini": GeminiDialect(self.upstreams, self.clock)}
+        self._seed_byok_meter(self.store.writer_conn)
+        limiter = MemoryLimiter()
+        self.admission = Admission(FreeTier.from_settings(limiter, settings), KeyRates(limiter), self.clock,
+                                   lambda org_id: self.ledger.purchased.get(org_id, 0))
         self.relay = Relay(catalog=self.catalog, dialects=dialects, ledger=self.ledger, settings=settings,
-                           clock=self.clock)
+                           clock=self.clock, admission=self.admission, credentials=self.credentials,
+                           byok_meter=self.byok_meter)
         self._started = False
         self._http: aiohttp.ClientSession | None = None
         self._resuming: asyncio.Task[None] | None = None
+
+    def _seed_byok_meter(self, conn: sqlite3.Connection) -> None:
+        """Each organization's list-price BYOK spend this UTC month, which the allowance is measured against."""
+        now = self.clock.now()
+        since = period_start(now, "monthly") * 1000
+        for org_id, total in conn.execute(
+                "SELECT org_id, SUM(byok_cost) FROM generations WHERE is_byok = 1 AND COALESCE(settled_at, created_at) >= ?"
+                " GROUP BY org_id", (since,)):
+            self.byok_meter.seed(org_id, total, now)
 
     def _billing(self, settings: Settings) -> None:
         """The payment rail, auto top-up and the balance watch (issue 5)."""

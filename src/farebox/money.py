@@ -72,6 +72,14 @@ def per_million_to_price(usd_per_million: str) -> int:
     return _scaled(usd_per_million, "price", ATTOS_PER_USD, 1_000_000, PRICE_MAX, 12)
 
 
+def percent_bps(text: str) -> int:
+    """A percent ("1", "0.25") as whole basis points (1% = 100), exactly; at most 100%."""
+    value = _decimal(text, "percent") * 100
+    if value != value.to_integral_value() or value > 10_000:
+        raise MoneyFormatError(f"percent must be at most 100 with at most two decimals: {text!r}")
+    return int(value)
+
+
 def round_up_to_nanos(attos: int) -> int:
     """The one rounding rule: an exact atto-dollar total rounds up to whole nano-dollars."""
     assert attos >= 0, attos

@@ -17,6 +17,7 @@ from farebox.catalog.model import Catalog, Endpoint
 from farebox.clock import Clock
 from farebox.errors import FareboxError, Forbidden, InsufficientCredits, UpstreamTimeout
 from farebox.ledger.book import Hold, Settlement, Shortfall
+from farebox.ledger.byok import ByokMeter
 from farebox.ledger.caps import Cap
 from farebox.ledger.entries import wallet
 from farebox.ledger.ledger import Ledger
@@ -31,11 +32,14 @@ from farebox.ledger.pricing import (
     is_insured,
     max_cost,
 )
-from farebox.money import round_up_to_nanos, usd_json
+from farebox.limits.admission import Admission
+from farebox.money import percent_bps, round_up_to_nanos, usd_json
 from farebox.providers.base import Call, Dialect, Reply, UpstreamStream, normalize_finish
 from farebox.routing.router import Router
 from farebox.settings import Settings
+from farebox.tenancy.byok import Credential, Credentials
 from farebox.tenancy.records import KeyRecord, Organization, Project, Workspace
+from farebox.tenancy.vault import VaultError
 
 log = logging.getLogger("farebox.relay")
 
@@ -61,6 +65,9 @@ class ChatRequest:
     workspace: Workspace | None = None   # the key's; None only in tests that build requests by hand
     project: Project | None = None       # named by the request (X-Farebox-Project or `project`)
     caps: tuple[Cap, ...] = ()           # key, project, workspace: every cap the hold must fit
+    deny_training: bool = False          # the organization's or workspace's privacy settings
+    zdr_only: bool = False
+    logging: bool = False                # the organization opted in to prompt logging
 
 
 class Sink(Protocol):
@@ -89,6 +96,8 @@ class Outcome:
     cancelled: bool = False
     attempts: list[dict[str, Any]] = field(default_factory=list)
     attempt_started: float | None = None   # when the serving attempt began (monotonic)
+    byok: bool = False                     # served on the workspace's own provider key
+    completion_text: str | None = None     # what the client received, kept only with prompt logging
 
 
 class ClientGone(Exception):
@@ -105,14 +114,15 @@ class _Served(Generic[T]):
     result: T
     attempts: list[dict[str, Any]]
     started: float
+    byok: bool = False
 
 
 class _Abandoned(Exception):
     """The client went away while an attempt waited for its first token."""
 
-    def __init__(self, endpoint: Endpoint, hold: Hold, attempts: list[dict[str, Any]]) -> None:
+    def __init__(self, endpoint: Endpoint, hold: Hold, attempts: list[dict[str, Any]], byok: bool = False) -> None:
         super().__init__(endpoint.id)
-        self.endpoint, self.hold, self.attempts = endpoint, hold, attempts
+        self.endpoint, self.hold, self.attempts, self.byok = endpoint, hold, attempts, byok
 
 
 _SUBSTANCE = ("content", "reasoning", "reasoning_content", "tool_calls", "refusal", "reasoning_details")
@@ -128,6 +138,10 @@ def _substantive(choices: list[dict[str, Any]]) -> bool:
             return True
     return False
 
+
+# Errors that mean the workspace's own key (not the endpoint) is at fault: they fall back to
+# shared capacity without counting against the endpoint's health.
+_OWN_KEY_FAULTS = frozenset({"authentication", "permission_denied", "payment_required", "rate_limit_exceeded"})
 
 _API_NAMES = {"chat": "chat completions", "completion": "legacy completions", "embedding": "embeddings"}
 _OBJECTS = {"chat": "chat.completion", "completion": "text_completion"}
@@ -163,22 +177,53 @@ def _native_finish(choice: dict[str, Any]) -> str | None:
 
 class Relay:
     def __init__(self, *, catalog: Catalog, dialects: dict[str, Dialect], ledger: Ledger,
-                 settings: Settings, clock: Clock, rng: random.Random | None = None) -> None:
+                 settings: Settings, clock: Clock, rng: random.Random | None = None,
+                 admission: Admission | None = None, credentials: Credentials | None = None,
+                 byok_meter: ByokMeter | None = None) -> None:
         self.catalog, self.dialects, self.ledger = catalog, dialects, ledger
         self.settings, self.clock = settings, clock
+        self.admission, self.credentials, self.byok_meter = admission, credentials, byok_meter
+        self.logging_discount_bps = percent_bps(settings.logging_discount_percent)
         self.router = Router(catalog, settings, clock, self.routable, rng)
 
     # -- planning and holds ----------------------------------------------------------
-    def routable(self, endpoint: Endpoint, api: str = "chat") -> str | None:
+    def routable(self, endpoint: Endpoint, api: str = "chat", workspace_id: int | None = None) -> str | None:
+        """Why `endpoint` cannot serve (None when it can). A provider without a shared key is
+        routable for a workspace that brought its own (BYOK)."""
         provider = endpoint.provider
         dialect = self.dialects.get(provider.dialect)
         if dialect is None:
             return f"the {provider.dialect} dialect is not available yet"
         if api != "chat" and api not in getattr(dialect, "apis", ()):
             return f"its {provider.dialect} API has no {_API_NAMES[api]}"
-        if self.catalog.credential(provider) is None:
+        if self.catalog.credential(provider) is None and self._byok(workspace_id, endpoint) is None:
             return f"no API key configured ({provider.api_key})"
         return None
+
+    def _byok(self, workspace_id: int | None, endpoint: Endpoint) -> Credential | None:
+        if self.credentials is None or workspace_id is None:
+            return None
+        return self.credentials.for_workspace(workspace_id, endpoint.provider.slug)
+
+    def _candidates(self, req: ChatRequest, endpoints: list[Endpoint]) -> list[tuple[Endpoint, Credential | None]]:
+        """Each planned endpoint with the key to call it with: the workspace's own key first
+        (BYOK), then the shared one unless the workspace said "always use" its own."""
+        out: list[tuple[Endpoint, Credential | None]] = []
+        workspace_id = req.workspace.id if req.workspace is not None else None
+        for endpoint in endpoints:
+            own = self._byok(workspace_id, endpoint)
+            if own is not None:
+                out.append((endpoint, own))
+                if own.always_use:
+                    continue
+            if self.catalog.credential(endpoint.provider) is not None:
+                out.append((endpoint, None))
+        return out
+
+    def admit(self, req: ChatRequest) -> None:
+        """Rate limits (the key's, the free tier's) before anything is reserved."""
+        if self.admission is not None:
+            self.admission.admit(req.key, req.org.id, req.models)
 
     def _bound(self, req: ChatRequest, endpoint: Endpoint) -> tuple[int, int]:
         s = self.settings
@@ -190,14 +235,20 @@ class Relay:
         output = (req.max_tokens or endpoint.max_completion_tokens) * choices
         return prompt, output
 
-    def _hold(self, req: ChatRequest, hold: Hold | None, endpoint: Endpoint) -> Hold:
+    def _hold(self, req: ChatRequest, hold: Hold | None, endpoint: Endpoint, byok: bool = False) -> Hold:
+        """Reserve what the attempt can cost. On the workspace's own key (BYOK) the wallet
+        pays only the fee, and the list-price cost is reserved on the caps that count BYOK."""
         prompt, output = self._bound(req, endpoint)
         amount = max_cost(endpoint.pricing, prompt, req.prompt.images, output)
+        listed = 0
+        if byok:
+            assert self.byok_meter is not None
+            amount, listed = self.byok_meter.max_fee(amount), amount
         book = self.ledger.book
         if hold is None:
             account = req.workspace.account if req.workspace is not None else wallet(req.org.id)
-            return book.hold(req.gen_id, account, amount, req.caps)
-        book.resize(hold, amount)
+            return book.hold(req.gen_id, account, amount, req.caps, listed)
+        book.resize(hold, amount, listed)
         return hold
 
     def _shortfall_error(self, req: ChatRequest, shortfall: Shortfall, endpoint: Endpoint) -> FareboxError:
@@ -232,10 +283,11 @@ class Relay:
             return None
         return hashlib.sha256(f"{req.org.id}:{user}".encode()).hexdigest()[:32]
 
-    def _attempt(self, endpoint: Endpoint, status: int, started: float, upstream_id: str | None) -> dict[str, Any]:
+    def _attempt(self, endpoint: Endpoint, status: int, started: float, upstream_id: str | None,
+                 byok: bool = False) -> dict[str, Any]:
         return {"id": upstream_id, "endpoint_id": endpoint.id, "model_permaslug": endpoint.model_id,
                 "provider_name": endpoint.provider.name, "status": status,
-                "latency": round((self.clock.monotonic() - started) * 1000), "is_byok": False,
+                "latency": round((self.clock.monotonic() - started) * 1000), "is_byok": byok,
                 "routed_service_tier": None}
 
     async def _attempts(self, req: ChatRequest,
@@ -248,9 +300,10 @@ class Relay:
         error: FareboxError | None = None
         attempts: list[dict[str, Any]] = []
         user_tag = self._user_tag(req)  # once per request, not per attempt
-        for endpoint in self.router.route(req):
+        for endpoint, own in self._candidates(req, self.router.route(req)):
+            byok = own is not None
             try:
-                hold = self._hold(req, hold, endpoint)
+                hold = self._hold(req, hold, endpoint, byok)
             except Shortfall as s:
                 shortfall = shortfall or (s, endpoint)
                 continue
@@ -261,21 +314,26 @@ class Relay:
                     f"No endpoint answered within attempts_timeout_s ({self.settings.attempts_timeout_s}s)",
                     provider_name=endpoint.provider.name)
                 break
-            call = Call(endpoint, self.router.body_for(endpoint, req.body), self.catalog.credential(endpoint.provider) or "", user_tag, req.api, budget)
+            secret = self._secret(own) if own is not None else self.catalog.credential(endpoint.provider)
+            if secret is None:   # the workspace's key cannot be decrypted: see _secret
+                continue
+            call = Call(endpoint, self.router.body_for(endpoint, req.body), secret, user_tag, req.api, budget)
             try:
                 result, upstream_id = await attempt(call)
             except ClientGone:
-                attempts.append(self._attempt(endpoint, 499, started, None))
-                raise _Abandoned(endpoint, hold, attempts) from None
+                attempts.append(self._attempt(endpoint, 499, started, None, byok))
+                raise _Abandoned(endpoint, hold, attempts, byok) from None
             except FareboxError as e:
-                attempts.append(self._attempt(endpoint, e.status, started, None))
-                self.router.failed(endpoint, e)
+                attempts.append(self._attempt(endpoint, e.status, started, None, byok))
+                if not (byok and e.error_type in _OWN_KEY_FAULTS):
+                    # A workspace's own key being refused says nothing about the endpoint.
+                    self.router.failed(endpoint, e)
                 error = e
                 if not e.failover:
                     break
                 continue
-            attempts.append(self._attempt(endpoint, 200, started, upstream_id))
-            return _Served(endpoint, hold, result, attempts, started)
+            attempts.append(self._attempt(endpoint, 200, started, upstream_id, byok))
+            return _Served(endpoint, hold, result, attempts, started, byok)
         if hold is not None:
             self.ledger.book.release(hold)
         if error is not None:
@@ -283,8 +341,17 @@ class Relay:
         assert shortfall is not None
         raise self._shortfall_error(req, *shortfall)
 
+    def _secret(self, own: Credential) -> str | None:
+        assert self.credentials is not None
+        try:
+            return self.credentials.secret(own)
+        except VaultError:
+            log.error("BYOK credential %s cannot be decrypted with the configured key; skipped", own.id)
+            return None
+
     # -- non-streaming -------------------------------------------------------------
     async def complete(self, req: ChatRequest) -> dict[str, Any]:
+        self.admit(req)
         async def attempt(call: Call) -> tuple[Reply, str | None]:
             assert call.budget_s is not None
             try:
@@ -299,11 +366,11 @@ class Relay:
         served = await self._attempts(req, attempt)
         reply = served.result
         return await self._complete_reply(req, served.hold, served.endpoint, reply.body, reply.usage,
-                                          reply.upstream_id, served.attempts, served.started)
+                                          reply.upstream_id, served.attempts, served.started, served.byok)
 
     async def _complete_reply(self, req: ChatRequest, hold: Hold, endpoint: Endpoint, body: dict[str, Any],
                               usage: Usage | None, upstream_id: str | None,
-                              attempts: list[dict[str, Any]], started: float) -> dict[str, Any]:
+                              attempts: list[dict[str, Any]], started: float, byok: bool = False) -> dict[str, Any]:
         choices = body.get("choices") or ()  # embeddings have none
         native = finish = None
         exclude = _excludes_reasoning(req.body)
@@ -321,7 +388,8 @@ class Relay:
                           estimated=True)
         usage.images = req.prompt.images
         outcome = Outcome(endpoint, usage, native, finish, upstream_id,
-                          self.clock.monotonic(), attempts=attempts, attempt_started=started)
+                          self.clock.monotonic(), attempts=attempts, attempt_started=started, byok=byok,
+                          completion_text="".join(_choice_text(c) for c in choices) if req.logging else None)
         cost, settlement = await self._settle(req, hold, outcome)
         body["id"] = req.gen_id
         body["provider"] = endpoint.provider.name
@@ -329,11 +397,13 @@ class Relay:
         if req.api != "embedding":
             body["object"] = _OBJECTS[req.api]
             body["created"] = req.created
-        body["usage"] = usage_wire(usage, cost, settlement, req.api)
+        body["usage"] = usage_wire(usage, cost, settlement, req.api, byok)
         return body
 
     # -- streaming -----------------------------------------------------------------
     async def stream(self, req: ChatRequest, sink: Sink) -> None:
+        self.admit(req)
+
         async def attempt(call: Call) -> tuple[tuple[UpstreamStream, list[dict[str, Any]], bool], str | None]:
             opened = await self._open(call, sink)
             return opened, opened[0].upstream_id
@@ -343,7 +413,8 @@ class Relay:
         except _Abandoned as gone:
             # The client left before the first token: nothing generated, nothing billed,
             # but the generation is recorded as cancelled.
-            outcome = Outcome(gone.endpoint, Usage(), None, None, None, None, cancelled=True, attempts=gone.attempts)
+            outcome = Outcome(gone.endpoint, Usage(), None, None, None, None, cancelled=True, attempts=gone.attempts,
+                              byok=gone.byok)
             await self._settle(req, gone.hold, outcome)
             return
         except FareboxError as error:
@@ -353,7 +424,7 @@ class Relay:
             return
         upstream, held, ended = served.result
         await self._relay_stream(req, served.hold, sink, served.endpoint, upstream, held, ended, served.attempts,
-                                 served.started)
+                                 served.started, served.byok)
 
     async def _open(self, call: Call, sink: Sink) -> tuple[UpstreamStream, list[dict[str, Any]], bool]:
         """Open the upstream stream and read up to its first chunk with choices, sending
@@ -409,8 +480,9 @@ class Relay:
 
     async def _relay_stream(self, req: ChatRequest, hold: Hold, sink: Sink, endpoint: Endpoint,
                             upstream: UpstreamStream, held: list[dict[str, Any]], ended: bool,
-                            attempts: list[dict[str, Any]], started: float) -> None:
+                            attempts: list[dict[str, Any]], started: float, byok: bool = False) -> None:
         sink.on_disconnect(upstream.close)
+        text: list[str] | None = [] if req.logging else None   # the completion, kept only with prompt logging
         provider_name = endpoint.provider.name
         tokens = 0
         native: str | None = None
@@ -440,6 +512,10 @@ class Relay:
                         if (delta and (delta.get("content") or delta.get("reasoning") or delta.get("tool_calls")
                                        or delta.get("reasoning_content"))) or choice.get("text"):
                             tokens += 1
+                        if text is not None:
+                            piece = delta.get("content") if delta else choice.get("text")
+                            if isinstance(piece, str):
+                                text.append(piece)
                         if exclude and delta:
                             _strip_reasoning(delta)
                     if not exclude or _substantive(choices) or tokens == 0:
@@ -462,7 +538,8 @@ class Relay:
         if error is not None:
             finish = "error"
         outcome = Outcome(endpoint, usage, native, finish, upstream.upstream_id, first_token_at,
-                          cancelled=cancelled, attempts=attempts, attempt_started=started)
+                          cancelled=cancelled, attempts=attempts, attempt_started=started, byok=byok,
+                          completion_text="".join(text) if text is not None else None)
         try:
             cost, settlement = await self._settle(req, hold, outcome)
         except FareboxError as e:
@@ -476,7 +553,7 @@ class Relay:
             return
         await sink.finish({"id": req.gen_id, "provider": provider_name, "model": endpoint.model_id,
                            "object": _CHUNK_OBJECTS[req.api], "created": req.created, "choices": [],
-                           "usage": usage_wire(usage, cost, settlement)})
+                           "usage": usage_wire(usage, cost, settlement, req.api, byok)})
 
     def _error_chunk(self, req: ChatRequest, endpoint: Endpoint | None, error: FareboxError) -> dict[str, Any]:
         metadata = dict(error.metadata)
@@ -490,24 +567,49 @@ class Relay:
 
     # -- settlement ----------------------------------------------------------------
     async def _settle(self, req: ChatRequest, hold: Hold, outcome: Outcome) -> tuple[Cost, Settlement]:
+        """Price the outcome and post its charge. On the workspace's own key (BYOK) the
+        wallet pays the fee on the list-price cost; the cost itself is counted on the caps
+        that include BYOK and on the organization's monthly allowance."""
         endpoint = outcome.endpoint
         # Zero-completion insurance is for generations; an embedding never has completion tokens.
         insured = req.api != "embedding" and is_insured(outcome.usage, outcome.finish)
-        cost = FREE if insured else cost_of(endpoint.pricing, outcome.usage)
+        discount = self.logging_discount_bps if req.logging and not outcome.byok else 0
+        cost = FREE if insured else cost_of(endpoint.pricing, outcome.usage, discount)
         hold_amount = hold.amount
+        listed = 0
+        charge = cost.total
+        now = self.clock.now()
+        if outcome.byok:
+            assert self.byok_meter is not None
+            listed, charge = cost.total, self.byok_meter.charge(req.org.id, cost.total, now)
         settlement = self.ledger.book.settle(
-            hold, cost.total, reference=f"charge:{req.gen_id}", created_at=self.clock.now_ms(),
-            org_id=req.org.id, key_hash=req.key.hash, generation_id=req.gen_id)
+            hold, charge, reference=f"charge:{req.gen_id}", created_at=self.clock.now_ms(),
+            org_id=req.org.id, key_hash=req.key.hash, generation_id=req.gen_id, byok=listed)
         if settlement.overrun:
             log.warning("overrun on %s: %s billed %d nano-dollars beyond the hold of %d", req.gen_id,
                         endpoint.provider.name, settlement.overrun, hold_amount)
-        record = self._record(req, outcome, cost, settlement, hold_amount)
-        await self.ledger.commit(settlement, record)
+        record = self._record(req, outcome, cost, settlement, hold_amount, listed)
+        try:
+            await self.ledger.commit(settlement, record, self._content(req, outcome))
+        except BaseException:
+            if listed and self.byok_meter is not None:
+                self.byok_meter.remove(req.org.id, listed, now)
+            raise
+        if self.admission is not None:
+            self.admission.used(req.key, outcome.usage.prompt_tokens + outcome.usage.completion_tokens)
         self.router.served(req, outcome)
         return cost, settlement
 
+    def _content(self, req: ChatRequest, outcome: Outcome) -> dict[str, Any] | None:
+        """What prompt logging keeps: only for organizations that opted in."""
+        if not req.logging:
+            return None
+        body = req.body
+        prompt = {k: body[k] for k in ("messages", "prompt", "input") if k in body}
+        return {"request": prompt, "completion": outcome.completion_text or ""}
+
     def _record(self, req: ChatRequest, o: Outcome, cost: Cost, settlement: Settlement,
-                hold_amount: int) -> dict[str, Any]:
+                hold_amount: int, listed: int = 0) -> dict[str, Any]:
         now = self.clock.monotonic()
         u = o.usage
         body = req.body
@@ -522,31 +624,36 @@ class Relay:
             "tokens_prompt": u.prompt_tokens, "tokens_completion": u.completion_tokens,
             "native_tokens_reasoning": u.reasoning_tokens, "native_tokens_cached": u.cached_tokens,
             "native_tokens_cache_write": u.cache_write_tokens, "usage_estimated": u.estimated,
-            "num_media_prompt": req.prompt.images, "total_cost_nanos": cost.total,
+            "num_media_prompt": req.prompt.images, "total_cost_nanos": settlement.charged + settlement.overrun,
             "charged_nanos": settlement.charged, "overrun_nanos": settlement.overrun, "hold_nanos": hold_amount,
             "cost_items_attos": cost.items(), "cache_discount_attos": cost.cache_discount,
             "provider_responses": o.attempts, "http_referer": req.http_referer, "app_title": req.title,
             "user_agent": req.user_agent, "external_user": body.get("user") if isinstance(body.get("user"), str) else None,
             "session_id": body.get("session_id") if isinstance(body.get("session_id"), str) else None,
             "requested_model": req.models[0], "api_type": "embeddings" if req.api == "embedding" else "completions",
+            "is_byok": o.byok, "byok_cost_nanos": listed, "logged": req.logging,
         }
 
 
-def usage_wire(usage: Usage, cost: Cost, settlement: Settlement, api: str = "chat") -> dict[str, Any]:
+def usage_wire(usage: Usage, cost: Cost, settlement: Settlement, api: str = "chat", byok: bool = False) -> dict[str, Any]:
+    """The `usage` block. `cost` is what the balance paid; on the workspace's own key (BYOK)
+    that is the fee, and `cost_details.upstream_inference_cost` is the provider's list-price
+    cost, paid to the provider directly: the true total is their sum, only then."""
+    upstream = usd_json(cost.listed)
     if api == "embedding":
         return {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.prompt_tokens,
-                "cost": usd_json(settlement.charged), "is_byok": False,
-                "cost_details": {"upstream_inference_cost": usd_json(cost.total)}}
+                "cost": usd_json(settlement.charged), "is_byok": byok,
+                "cost_details": {"upstream_inference_cost": upstream}}
     return {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.prompt_tokens + usage.completion_tokens,
         "cost": usd_json(settlement.charged),
-        "is_byok": False,
+        "is_byok": byok,
         "prompt_tokens_details": {"cached_tokens": usage.cached_tokens, "cache_write_tokens": usage.cache_write_tokens,
                                   "audio_tokens": 0, "video_tokens": 0},
         "cost_details": {
-            "upstream_inference_cost": usd_json(cost.total),
+            "upstream_inference_cost": upstream,
             "upstream_inference_prompt_cost": usd_json(round_up_to_nanos(
                 cost.prompt + cost.cache_read + cost.cache_write + cost.request + cost.image)),
             "upstream_inference_completions_cost": usd_json(round_up_to_nanos(cost.completion + cost.reasoning)),

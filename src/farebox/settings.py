@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from farebox.errors import ConfigError
-from farebox.money import MoneyFormatError, parse_usd
+from farebox.money import MoneyFormatError, parse_usd, percent_bps
 
 ENV_PREFIX = "FAREBOX_"
 # Environment variables that configure the command-line client, not the server.
@@ -54,6 +54,12 @@ class Settings:
     health_cooldown_s: float = _s(30.0, "Seconds an endpoint in outage is skipped before one request probes it again.", minimum=0.01)
     sticky_idle_s: float = _s(600.0, "Seconds a conversation stays routed to the endpoint that holds its prompt cache after its last request.", minimum=1)
     sticky_entries_max: int = _s(100_000, "Most conversations remembered for sticky routing; the least recently used are forgotten first.", minimum=1)
+    session_ttl_hours: float = _s(168.0, "Hours a member's login session lasts before they must log in again.", minimum=0.01)
+    password_scrypt_n: int = _s(32768, "scrypt cost (N, a power of two up to 1048576) of new member password hashes; memory is 1 KiB times N.", minimum=1024)
+    free_requests_per_minute: int = _s(20, "Requests a minute an organization may make to `:free` models.", minimum=1)
+    free_requests_per_day: int = _s(50, "Requests a day (00:00 to 00:00 UTC) an organization may make to `:free` models until it has bought free_purchase_threshold_usd of credits.", minimum=1)
+    free_requests_per_day_purchased: int = _s(1000, "Requests a day to `:free` models once the organization has bought at least free_purchase_threshold_usd of credits in total.", minimum=1)
+    free_purchase_threshold_usd: str = _s("10", "All-time credit purchases (USD, exact decimal) that raise the daily `:free` limit to free_requests_per_day_purchased.")
     purchase_fee_card_percent: str = _s("5.5", "Processing fee on card purchases, percent of the credits bought.")
     purchase_fee_card_minimum_usd: str = _s("0.80", "Smallest processing fee on a card purchase, USD.")
     purchase_fee_crypto_percent: str = _s("5", "Processing fee on crypto purchases, percent.")
@@ -66,6 +72,9 @@ class Settings:
     trial_credit_usd: str = _s("0", "Credit (USD, exact decimal) every new organization receives as a promotional trial lot.")
     trial_expiry_days: int = _s(30, "Days until trial credit expires; 0 means never.", minimum=0)
     refund_window_hours: float = _s(24.0, "Hours after a card purchase during which its unused credits can be refunded.", minimum=0)
+    byok_fee_percent: str = _s("5", "Fee on a BYOK request, percent of its list-price cost, charged from credits once the monthly allowance is used.")
+    byok_monthly_allowance_usd: str = _s("25000", "List-price BYOK spend (USD) per organization and UTC calendar month that carries no BYOK fee.")
+    byok_encryption_key: str = _s("", "Base64 of the 32-byte key that encrypts stored BYOK provider keys; empty means `<home>/byok_key`, generated on first start.")
     stripe_secret_key: str = _s("", "Stripe secret key (sk_live_... or sk_test_...); empty disables card purchases and auto top-up.")
     stripe_webhook_secret: str = _s("", "Signing secret (whsec_...) of the Stripe webhook endpoint pointed at /api/v1/stripe/webhook.")
     stripe_api_base: str = _s("https://api.stripe.com", "Stripe API origin; tests and the demo point it at the fake Stripe.")
@@ -93,6 +102,7 @@ class Settings:
     invoice_tax_rate_percent: str = _s("", "Tax charged on purchases (credits + fee), percent; empty means none. Rounded up to the cent.")
     invoice_tax_label: str = _s("VAT", "Name of the tax line on invoices.")
     invoice_notes: str = _s("", "Free text printed at the foot of every invoice.")
+    logging_discount_percent: str = _s("1", "Discount on usage, percent, for organizations that opt in to prompt logging (a line item of each charge).")
     sse_keepalive_s: float = _s(1.0, "Seconds between `: OPENROUTER PROCESSING` comments while a stream waits for its first token.", minimum=0.01)
     catalog_path: str = _s("", "Extra catalog TOML file whose providers and models add to or replace the built-in ones.")
     catalog_builtin: bool = _s(True, "Load the catalog that ships with Farebox (real providers and list prices).")
@@ -213,9 +223,31 @@ def load_settings(
 
     settings = Settings(**values)
     try:
+        percent_bps(settings.logging_discount_percent)
+    except MoneyFormatError as e:
+        raise ConfigError(f"logging_discount_percent: {e}") from None
+    try:
         parse_usd(settings.trial_credit_usd)
     except MoneyFormatError as e:
         raise ConfigError(f"trial_credit_usd: {e}") from None
+    try:
+        parse_usd(settings.free_purchase_threshold_usd)
+    except MoneyFormatError as e:
+        raise ConfigError(f"free_purchase_threshold_usd: {e}") from None
+    try:
+        parse_usd(settings.byok_monthly_allowance_usd)
+    except MoneyFormatError as e:
+        raise ConfigError(f"byok_monthly_allowance_usd: {e}") from None
+    try:  # an exact decimal read like an amount: negatives, non-numbers and over 9 decimals fail
+        fee_percent = parse_usd(settings.byok_fee_percent)
+    except MoneyFormatError:
+        fee_percent = -1
+    if not 0 <= fee_percent <= parse_usd("100"):
+        raise ConfigError("byok_fee_percent: must be a percentage from 0 to 100 with at most 9 decimals,"
+                          f" got {settings.byok_fee_percent!r}")
+    if settings.password_scrypt_n & (settings.password_scrypt_n - 1) or settings.password_scrypt_n > 2**20:
+        raise ConfigError(f"password_scrypt_n: must be a power of two of at most 1048576 (1 GiB per hash),"
+                          f" got {settings.password_scrypt_n}")
     if settings.hold_timeout_s <= settings.upstream_timeout_s:
         raise ConfigError(
             "hold_timeout_s: must exceed upstream_timeout_s, or a hold could expire while its request still runs"

@@ -4,6 +4,7 @@ prints once it is listening)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -121,6 +122,50 @@ pricing = {{ prompt = "0.00000015", completion = "0.0000006" }}
 """
 
 
+# A provider whose key the operator never configured (the variable is never set): its model
+# is unroutable except for a workspace that brings its own key (BYOK). And a model served
+# only by a provider that trains on and retains prompts (privacy settings exclude it).
+KEYED = """
+[providers.sim-keyed]
+name = "Keyed Simulator"
+dialect = "openai"
+base_url = "{sim}/v1"
+api_key = "env:FAREBOX_TEST_NEVER_SET_KEY"
+trains_on_prompts = false
+retains_prompts = false
+
+[[models]]
+id = "sim/keyed"
+name = "Simulated: needs the workspace's own key"
+context_length = 128000
+
+[[models.endpoints]]
+provider = "sim-keyed"
+model = "sim-small"
+max_completion_tokens = 16384
+pricing = {{ prompt = "0.00000015", completion = "0.0000006" }}
+
+[providers.sim-leaky]
+name = "Leaky Simulator"
+dialect = "openai"
+base_url = "{sim}/v1"
+api_key = "none"
+trains_on_prompts = true
+retains_prompts = true
+
+[[models]]
+id = "sim/leaky"
+name = "Simulated: only a provider that trains on and retains prompts"
+context_length = 128000
+
+[[models.endpoints]]
+provider = "sim-leaky"
+model = "sim-small"
+max_completion_tokens = 16384
+pricing = {{ prompt = "0.00000015", completion = "0.0000006" }}
+"""
+
+
 class Proc:
     def __init__(self, args: list[str], env: dict[str, str], ready: str) -> None:
         self.args = args
@@ -186,6 +231,16 @@ def http(method: str, url: str, body: Any = None, key: str | None = None,
         return e.code, _json(e.read()), dict(e.headers)
 
 
+def member_token(gw: Gateway, org: str, role: str = "owner", email: str | None = None, **fields: Any) -> str:
+    """A logged-in member of `org` with `role` (created with the management key): the session
+    token to send as the bearer."""
+    token, _ = gw.member(org, email or f"{role}-{next(_emails)}@{org}.example", role, **fields)
+    return token
+
+
+_emails = itertools.count()
+
+
 def _json(payload: bytes) -> Any:
     try:
         # USD amounts are exact decimals on the wire; never read them as floats.
@@ -206,10 +261,13 @@ class Gateway:
     def start(self) -> Gateway:
         self.home.mkdir(parents=True, exist_ok=True)
         catalog = self.home / "catalog.toml"
-        catalog.write_text(sim_catalog(f"{self.sim_url}/v1") + BROKEN.format(sim=self.sim_url))
+        catalog.write_text(sim_catalog(f"{self.sim_url}/v1") + BROKEN.format(sim=self.sim_url)
+                           + KEYED.format(sim=self.sim_url))
         env = dict(os.environ)
         env.update({"FAREBOX_HOME": str(self.home), "FAREBOX_PORT": "0", "FAREBOX_CATALOG_PATH": str(catalog),
-                    "FAREBOX_CATALOG_BUILTIN": "false", "FAREBOX_LOG_LEVEL": "warning"})
+                    "FAREBOX_CATALOG_BUILTIN": "false", "FAREBOX_LOG_LEVEL": "warning",
+                    # the smallest scrypt cost: member passwords hash in a millisecond
+                    "FAREBOX_PASSWORD_SCRYPT_N": "1024"})
         env.update(self.env_overrides)
         self.proc = Proc(["serve"], env, r"farebox serving on (http://\S+)")
         assert self.proc.match is not None
@@ -243,6 +301,20 @@ class Gateway:
     def key(self, org: str, **options: Any) -> tuple[str, str]:
         data = self.admin("POST", "/keys", {"organization": org, "name": options.pop("name", "test"), **options})
         return data["key"], data["data"]["hash"]
+
+    def member(self, org: str, email: str, role: str = "owner", password: str = "correct horse battery",
+               **fields: Any) -> tuple[str, str]:
+        """Create a member of `org` with the management key and log them in: (session token,
+        member id)."""
+        created = self.admin("POST", "/organization/members", {"organization": org, "email": email,
+                                                                "password": password, "role": role, **fields})
+        return self.login(org, email, password), created["data"]["id"]
+
+    def login(self, org: str, email: str, password: str) -> str:
+        status, data, _ = http("POST", self.api + "/auth/login",
+                               {"organization": org, "email": email, "password": password})
+        assert status == 200, (status, data)
+        return data["data"]["token"]
 
     def balance(self, org: str) -> Decimal:
         """The organization's balance in USD, exactly."""

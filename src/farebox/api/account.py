@@ -22,7 +22,9 @@ async def key(gw: Gateway, req: Request) -> Response:
     record = gw.directory.authenticate(req.header(b"authorization"))
     data = key_wire(gw, record)
     data.update({
-        "is_free_tier": True, "is_management_key": False, "is_provisioning_key": False,
+        # OpenRouter: "has never paid for credits".
+        "is_free_tier": gw.ledger.purchased.get(record.org_id, 0) == 0,  # type: ignore[arg-type]
+        "is_management_key": False, "is_provisioning_key": False,
         "rate_limit": {"requests": -1, "interval": "10s", "note": "This field is deprecated and safe to ignore."},
     })
     return json_response({"data": data})
@@ -33,14 +35,41 @@ async def generation(gw: Gateway, req: Request) -> Response:
     gen_id = req.query("id")
     if not gen_id:
         raise BadRequest("id is required: /api/v1/generation?id=gen-...", field="id")
-    data = await gw.store.read(_load_generation, gen_id, record.org_id)
+    data = await gw.store.read(_load_generation, gen_id, record.org_id, record.workspace_id)
     if data is None:
         raise NotFound(f"Generation {gen_id} not found")
     return json_response({"data": generation_wire(data)})
 
 
-def _load_generation(conn: sqlite3.Connection, gen_id: str, org_id: int) -> dict[str, Any] | None:
-    row = conn.execute("SELECT data FROM generations WHERE id = ? AND org_id = ?", (gen_id, org_id)).fetchone()
+async def generation_content(gw: Gateway, req: Request) -> Response:
+    """GET /generation/content?id=: the prompt and completion of a generation, kept only when
+    its organization had opted in to prompt logging at the time."""
+    record = gw.directory.authenticate(req.header(b"authorization"))
+    gen_id = req.query("id")
+    if not gen_id:
+        raise BadRequest("id is required: /api/v1/generation/content?id=gen-...", field="id")
+    row = await gw.store.read(_load_content, gen_id, record.org_id, record.workspace_id)
+    if row is None:
+        org = gw.directory.orgs[record.org_id]  # type: ignore[index]
+        why = ("" if org.settings.get("logging") else
+               ": prompt logging is off for this organization (PATCH /api/v1/organization/settings {\"logging\": true})")
+        raise NotFound(f"No stored content for generation {gen_id}{why}")
+    return json_response({"data": {"id": gen_id, **row}})
+
+
+# A key reads the generations of its own workspace: keys are workspace-scoped, and another
+# workspace's records (and logged prompts) are not its business.
+
+def _load_content(conn: sqlite3.Connection, gen_id: str, org_id: int, workspace_id: int) -> dict[str, Any] | None:
+    row = conn.execute("SELECT c.data FROM generation_content c JOIN generations g ON g.id = c.id"
+                       " WHERE c.id = ? AND c.org_id = ? AND g.workspace_id = ?",
+                       (gen_id, org_id, workspace_id)).fetchone()
+    return None if row is None else orjson.loads(row[0])
+
+
+def _load_generation(conn: sqlite3.Connection, gen_id: str, org_id: int, workspace_id: int) -> dict[str, Any] | None:
+    row = conn.execute("SELECT data FROM generations WHERE id = ? AND org_id = ? AND workspace_id = ?",
+                       (gen_id, org_id, workspace_id)).fetchone()
     return None if row is None else orjson.loads(row[0])
 
 

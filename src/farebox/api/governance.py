@@ -11,10 +11,12 @@ from __future__ import annotations
 import sqlite3
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from farebox.api.admin import _usd
 from farebox.api.http import Request, Response, iso, json_response
 from farebox.api.wire import project_wire, workspace_wire
-from farebox.errors import BadRequest, NotFound
+from farebox.errors import BadRequest, Forbidden, NotFound
 from farebox.ledger.caps import BUDGET_PERIODS
 from farebox.ledger.entries import wallet
 from farebox.ledger.ledger import Transfer
@@ -22,7 +24,7 @@ from farebox.money import usd_json
 from farebox.tenancy import access
 from farebox.tenancy.access import Principal
 from farebox.tenancy.records import PRIVACY, Organization, Project, Workspace
-from farebox.tenancy.workspaces import check_privacy, valid_name
+from farebox.tenancy.workspaces import check_budgets, check_privacy, valid_name
 
 if TYPE_CHECKING:
     from farebox.app import Gateway
@@ -39,6 +41,14 @@ async def _body(req: Request) -> dict[str, Any]:
 def _caller(gw: Gateway, req: Request, body: dict[str, Any] | None = None) -> tuple[Principal, Organization]:
     principal = access.resolve(gw, req)
     return principal, access.organization(gw, principal, req, body)
+
+
+def _org_wide(principal: Principal, what: str) -> None:
+    """Actions on the organization as a whole (its wallet, its settings, new workspaces) are
+    not for callers limited to some workspaces."""
+    if principal.workspaces is not None:
+        raise Forbidden(f"{what} acts on the whole organization; a caller limited to some workspaces may not",
+                        metadata={"role": principal.role})
 
 
 def _int(value: Any, field: str) -> int:
@@ -95,11 +105,16 @@ async def create_workspace(gw: Gateway, req: Request) -> Response:
     body = await _body(req)
     principal, org = _caller(gw, req, body)
     access.require(principal, "workspaces.write")
+    _org_wide(principal, "Creating a workspace")
     name = valid_name(body.get("name"))
     pooled = _bool(body, "pooled") if "pooled" in body else False
     byok = _bool(body, "include_byok_in_budgets") if "include_byok_in_budgets" in body else False
-    settings = check_privacy(body.get("settings") or {})
+    settings = body.get("settings") or {}
+    if not isinstance(settings, dict):
+        raise BadRequest("settings must be an object", field="settings")
+    check_privacy(settings)
     budgets = _budgets(body)
+    check_budgets(budgets)   # before anything is created: a refused request creates nothing
     workspace = await gw.workspaces.create(org, name, pooled=pooled, include_byok_in_budgets=byok)
     if settings:
         await gw.workspaces.update(org, workspace, {"settings": settings})
@@ -187,6 +202,7 @@ async def create_project(gw: Gateway, req: Request) -> Response:
     workspace = _workspace(gw, principal, org, raw_workspace, "projects.write")
     name = valid_name(body.get("name"))
     budgets = _budgets(body)
+    check_budgets(budgets)   # before anything is created
     project = await gw.workspaces.create_project(org, workspace, name)
     for period, amount in budgets.items():
         await gw.workspaces.set_budget(project, period, amount)
@@ -237,6 +253,7 @@ def _pool(gw: Gateway, principal: Principal, org: Organization, raw: Any, field:
     """(account, name) of a transfer's side: "organization" (its wallet) or a pooled
     workspace's id."""
     if raw == "organization":
+        _org_wide(principal, "A transfer from or to the organization's wallet")
         return wallet(org.id), "organization"
     workspace = _workspace(gw, principal, org, raw, "transfers", field)
     if not workspace.pooled:
@@ -316,6 +333,7 @@ async def patch_settings(gw: Gateway, req: Request) -> Response:
     body = await _body(req)
     principal, org = _caller(gw, req, body)
     access.require(principal, "privacy.write")
+    _org_wide(principal, "Changing the organization's settings")
     changes = check_privacy({k: v for k, v in body.items() if k != "organization"}, ORG_SETTINGS)
     merged = {**org.settings, **changes}
     await gw.writer.submit(lambda conn: _store_settings(conn, org.id, merged))
@@ -324,8 +342,6 @@ async def patch_settings(gw: Gateway, req: Request) -> Response:
 
 
 def _store_settings(conn: sqlite3.Connection, org_id: int, settings: dict[str, Any]) -> None:
-    import orjson
-
     conn.execute("UPDATE organizations SET settings = ? WHERE id = ?", (orjson.dumps(settings).decode(), org_id))
 
 

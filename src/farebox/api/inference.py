@@ -72,4 +72,8 @@ def new_request(gw: Gateway, req: Request, key: KeyRecord, body: dict[str, Any],
         started=gw.clock.monotonic(), http_referer=req.header(b"http-referer"),
         title=req.header(b"x-openrouter-title") or req.header(b"x-title"), user_agent=req.header(b"user-agent"),
         api=api, workspace=workspace, project=project, caps=caps,
+        # Privacy: the organization's and the workspace's settings both apply.
+        deny_training=bool(org.settings.get("deny_training") or workspace.settings.get("deny_training")),
+        zdr_only=any(bool(s.get(k)) for s in (org.settings, workspace.settings) for k in ("deny_retention", "zdr_only")),
+        logging=bool(org.settings.get("logging")),
     )

@@ -8,7 +8,10 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from farebox.api import account, admin, chat, completions, credits, messages
+from farebox.api import account, admin, chat, completions, credits, governance, messages
+from farebox.api import activity as activity_api
+from farebox.api import byok as byok_api
+from farebox.api import members as members_api
 from farebox.api.catalog import ModelList
 from farebox.api.http import Request, Response, error_response, json_response, send_response
 from farebox.errors import FareboxError, InternalError, NotFound
@@ -38,6 +41,7 @@ class Api:
             ("POST", f"{v1}/messages/count_tokens"): anthropic.count_tokens,
             ("GET", f"{v1}/models"): models.list,
             ("GET", f"{v1}/generation"): account.generation,
+            ("GET", f"{v1}/generation/content"): account.generation_content,
             ("GET", f"{v1}/key"): account.key,
             ("GET", f"{v1}/auth/key"): account.key,
             ("GET", f"{v1}/credits"): credits.credits,
@@ -61,9 +65,19 @@ class Api:
             ("GET", f"{v1}/ledger/verify"): admin.verify,
             ("GET", "/health"): health,
             # -- members (issue 6): exact routes --
+            ("POST", f"{v1}/auth/login"): members_api.login,
+            ("POST", f"{v1}/auth/logout"): members_api.logout,
+            ("GET", f"{v1}/organization/members"): members_api.list_members,
+            ("POST", f"{v1}/organization/members"): members_api.create_member,
+            ("GET", f"{v1}/organization/me"): members_api.me,
             # -- byok (issue 6): exact routes --
+            ("GET", f"{v1}/byok"): byok_api.list_credentials,
+            ("POST", f"{v1}/byok"): byok_api.create_credential,
             # -- activity (issue 6): exact routes --
+            ("GET", f"{v1}/activity"): activity_api.activity,
+            ("GET", f"{v1}/activity.csv"): activity_api.activity_csv,
             # -- governance (issue 6): exact routes --
+            **{(m, f"{v1}{path}"): h for (m, path), h in governance.EXACT.items()},
         }
         self.patterns: list[tuple[str, re.Pattern[str], Handler]] = [
             ("GET", re.compile(rf"^{v1}/models/(?P<author>[^/]+)/(?P<slug>[^/]+)/endpoints$"), models.endpoints),
@@ -77,8 +91,16 @@ class Api:
             ("POST", re.compile(rf"^{v1}/organizations/(?P<org>[^/]+)/credits$"), admin.grant),
             ("POST", re.compile(rf"^{v1}/organizations/(?P<org>[^/]+)/purchases$"), admin.record_purchase),
             # -- members (issue 6): pattern routes --
+            ("GET", re.compile(rf"^{v1}/organization/members/(?P<member_id>[A-Za-z0-9_-]+)$"), members_api.get_member),
+            ("PATCH", re.compile(rf"^{v1}/organization/members/(?P<member_id>[A-Za-z0-9_-]+)$"), members_api.patch_member),
+            ("DELETE", re.compile(rf"^{v1}/organization/members/(?P<member_id>[A-Za-z0-9_-]+)$"),
+             members_api.delete_member),
             # -- byok (issue 6): pattern routes --
+            ("GET", re.compile(rf"^{v1}/byok/(?P<id>byok_[0-9a-f]{{24}})$"), byok_api.get_credential),
+            ("PATCH", re.compile(rf"^{v1}/byok/(?P<id>byok_[0-9a-f]{{24}})$"), byok_api.patch_credential),
+            ("DELETE", re.compile(rf"^{v1}/byok/(?P<id>byok_[0-9a-f]{{24}})$"), byok_api.delete_credential),
             # -- governance (issue 6): pattern routes --
+            *((m, re.compile(rf"^{v1}{path}$"), h) for m, path, h in governance.PATTERNS),
         ]
         # Paths whose errors take another API's shape: the Anthropic Messages API's clients
         # read only Anthropic's, whether a handler or the router raised the error.

@@ -120,7 +120,7 @@ def generation_wire(g: dict[str, Any]) -> dict[str, Any]:
         "router": None, "api_type": g.get("api_type", "completions"), "app_id": None,
         "origin": g.get("http_referer") or "", "http_referer": g.get("http_referer"),
         "user_agent": g.get("user_agent"), "external_user": g.get("external_user"),
-        "streamed": g["streamed"], "cancelled": g["cancelled"], "is_byok": False,
+        "streamed": g["streamed"], "cancelled": g["cancelled"], "is_byok": g.get("is_byok", False),
         "latency": g["latency_ms"], "generation_time": g.get("generation_time_ms"), "moderation_latency": None,
         "finish_reason": g["finish_reason"], "native_finish_reason": g.get("native_finish_reason"),
         "tokens_prompt": g["tokens_prompt"], "tokens_completion": g["tokens_completion"],
@@ -131,7 +131,8 @@ def generation_wire(g: dict[str, Any]) -> dict[str, Any]:
         "num_media_prompt": g.get("num_media_prompt", 0), "num_media_completion": 0,
         "num_input_audio_prompt": 0, "num_search_results": 0, "num_fetches": 0,
         "total_cost": usd_json(g["total_cost_nanos"]), "usage": usd_json(g["charged_nanos"]),
-        "upstream_inference_cost": usd_json(g["total_cost_nanos"]),
+        # BYOK: what the provider charged the workspace's own account, at list price.
+        "upstream_inference_cost": usd_json(g["byok_cost_nanos"] if g.get("is_byok") else g["total_cost_nanos"]),
         "cache_discount": _signed_usd(g.get("cache_discount_attos", 0)),
         "web_search_engine": None, "service_tier": None, "data_region": None, "preset_id": None,
         "workspace_id": g.get("workspace_id"),

@@ -50,6 +50,7 @@ class Ledger:
         self.expired_holds = 0
         self.refunds: dict[str, RefundTerms] = {}   # purchase id -> its refund, decided in memory first
         self.transfers: dict[str, Transfer] = {}    # reference -> transfer, decided in memory first
+        self.purchased: dict[int, int] = {}         # org id -> all-time purchased credit (the free tier reads it)
         self._sweeper: asyncio.Task[None] | None = None
         # Operations that name the lots they take from (expiry, refunds, transfers) run one at a
         # time: a transfer's receiving lots carry provisional ids until its commit, and no entry
@@ -66,6 +67,7 @@ class Ledger:
         self.book.set_lots(replay(*ops.wallet_history(conn)))
         self.refunds = {pid: RefundTerms(pid, org, amount, forfeited, status) for pid, org, amount, forfeited, status
                         in conn.execute("SELECT purchase_id, org_id, amount, forfeited, status FROM refunds")}
+        self.purchased = dict(conn.execute("SELECT org_id, SUM(credits) FROM purchases GROUP BY org_id"))
         self.transfers = {row[0]: Transfer(*row) for row in conn.execute(
             "SELECT reference, org_id, from_account, to_account, amount, memo, created_by, created_at FROM transfers")}
 
@@ -123,6 +125,7 @@ class Ledger:
             for other in (fee_entry, tax_entry):
                 if other is not None:
                     self.book.apply(other)
+            self.purchased[org_id] = self.purchased.get(org_id, 0) + credits
 
         future.add_done_callback(applied)
         new, stored = await asyncio.shield(future)
@@ -259,9 +262,11 @@ class Ledger:
         await asyncio.shield(future)
         self.refunds[terms.purchase_id] = dataclasses.replace(terms, status="failed")
 
-    async def commit(self, settlement: Settlement, generation: dict[str, Any]) -> None:
-        """Make a settlement and its generation record durable, or undo it in memory."""
-        future = self.writer.submit(ops.SettleOp(settlement.entries, generation))
+    async def commit(self, settlement: Settlement, generation: dict[str, Any],
+                     content: dict[str, Any] | None = None) -> None:
+        """Make a settlement and its generation record (and, with prompt logging, its
+        content) durable, or undo it in memory."""
+        future = self.writer.submit(ops.SettleOp(settlement.entries, generation, content))
 
         def reverted(f: asyncio.Future[None]) -> None:
             # In a callback, not in an except clause: the book must follow the database

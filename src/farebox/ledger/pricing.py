@@ -128,11 +128,22 @@ class Cost:
     request: int = 0
     image: int = 0
     cache_discount: int = 0  # atto-dollars saved by cache reads minus paid extra for writes
+    logging_discount: int = 0  # atto-dollars off for organizations that opted in to prompt logging
     total: int = 0           # nano-dollars, rounded up once
 
+    @property
+    def listed(self) -> int:
+        """The list price of the usage in nano-dollars, before any discount (rounded up)."""
+        return self.total if not self.logging_discount else round_up_to_nanos(
+            self.prompt + self.cache_read + self.cache_write + self.completion + self.reasoning + self.request
+            + self.image)
+
     def items(self) -> dict[str, int]:
-        return {k: getattr(self, k) for k in
-                ("prompt", "cache_read", "cache_write", "completion", "reasoning", "request", "image")}
+        items = {k: getattr(self, k) for k in
+                 ("prompt", "cache_read", "cache_write", "completion", "reasoning", "request", "image")}
+        if self.logging_discount:
+            items["logging_discount"] = -self.logging_discount   # a line item of its own, negative
+        return items
 
 
 FREE = Cost()
@@ -143,7 +154,11 @@ def is_insured(usage: Usage, finish_reason: str | None) -> bool:
     return usage.completion_tokens == 0 and finish_reason in (None, "", "error")
 
 
-def cost_of(pricing: Pricing, usage: Usage) -> Cost:
+def cost_of(pricing: Pricing, usage: Usage, discount_bps: int = 0) -> Cost:
+    """The cost of `usage` at `pricing`, less `discount_bps` basis points of it (the prompt
+    logging discount): exact in atto-dollars, the discount rounded down, the total rounded up
+    once to a nano-dollar."""
+    assert 0 <= discount_bps <= 10_000
     cached = min(usage.cached_tokens, usage.prompt_tokens)
     written = min(usage.cache_write_tokens, usage.prompt_tokens - cached)
     uncached = usage.prompt_tokens - cached - written
@@ -158,7 +173,9 @@ def cost_of(pricing: Pricing, usage: Usage) -> Cost:
         "image": usage.images * pricing.image,
     }
     discount = cached * (pricing.prompt - pricing.cache_read) - written * (pricing.cache_write - pricing.prompt)
-    return Cost(**items, cache_discount=discount, total=round_up_to_nanos(sum(items.values())))
+    gross = sum(items.values())
+    off = gross * discount_bps // 10_000
+    return Cost(**items, cache_discount=discount, logging_discount=off, total=round_up_to_nanos(gross - off))
 
 
 def estimate_text_tokens(text: str) -> int:

@@ -4,13 +4,14 @@ how each attempt went (health samples, sticky conversations)."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from farebox.catalog.model import SUPPORTED_PARAMETERS, Catalog, Endpoint
 from farebox.clock import Clock
-from farebox.errors import BadRequest, FareboxError
+from farebox.errors import BadRequest, FareboxError, NotFound
 from farebox.ledger.pricing import measure_prompt
 from farebox.routing.health import Health
 from farebox.routing.middle_out import compress, wants_middle_out
@@ -29,7 +30,8 @@ SAMPLING = frozenset({"temperature", "top_p", "top_k", "min_p", "top_a", "freque
 
 class Router:
     def __init__(self, catalog: Catalog, settings: Settings, clock: Clock,
-                 routable: Callable[[Endpoint, str], str | None], rng: random.Random | None = None) -> None:
+                 routable: Callable[[Endpoint, str, int | None], str | None],
+                 rng: random.Random | None = None) -> None:
         self.catalog, self.settings, self.clock = catalog, settings, clock
         self._routable = routable
         self.rng = rng or random.Random()
@@ -56,6 +58,11 @@ class Router:
                                  if req.api != "embedding" else
                                  f"{model_id} is not an embedding model", field="model")
         prefs = parse_preferences(req.body.get("provider"))
+        account_policy = (req.deny_training and prefs.data_collection != "deny") or (req.zdr_only and not prefs.zdr)
+        if account_policy:
+            # The organization's or workspace's privacy settings tighten whatever the request asked.
+            prefs = dataclasses.replace(prefs, data_collection="deny" if req.deny_training else prefs.data_collection,
+                                        zdr=prefs.zdr or req.zdr_only)
         if (not prefs.order and req.api == "chat"
                 and (req.models[0] in self._caching_models or req.models[0].partition(":")[0] in self._caching_models)):
             conversation = conversation_key(req.body)
@@ -63,6 +70,13 @@ class Router:
                 req.sticky_key = (req.org.id, req.models[0], conversation)
         try:
             return self._route(req, prefs)
+        except NotFound as missing:
+            availability = missing.metadata.get("availability") or {}
+            if account_policy and availability.get("code") == "privacy_restricted":
+                missing.message += (" Your organization's or workspace's privacy settings exclude these providers:"
+                                    " check GET /api/v1/organization/settings and the workspace's settings.")
+                missing.metadata["settings"] = {"deny_training": req.deny_training, "zdr_only": req.zdr_only}
+            raise
         except BadRequest as refused:
             # Too long for every endpoint: compress from the middle when the request (or the
             # small context of the endpoints) asks for it, then route again.
@@ -77,8 +91,9 @@ class Router:
         need = Need(prompt_tokens=req.prompt.estimate(), max_tokens=req.max_tokens, parameters=parameters,
                     tools=bool(body.get("tools")), response_format=bool(body.get("response_format")))
         sticky = self.sticky.get(req.sticky_key) if req.sticky_key is not None else None
+        workspace_id = req.workspace.id if req.workspace is not None else None
         return plan(self.catalog, req.models, need, prefs=prefs, health=self.health, rng=self.rng,
-                    routable=lambda endpoint: self._routable(endpoint, req.api),
+                    routable=lambda endpoint: self._routable(endpoint, req.api, workspace_id),
                     attempts_max=self.settings.attempts_max, sticky=sticky).endpoints
 
     def _middle_out(self, req: ChatRequest) -> bool:

@@ -153,24 +153,37 @@ def settle(conn: sqlite3.Connection, entries: list[Entry], generation: dict[str,
     insert_generation(conn, generation)
 
 
+_INSERT_CONTENT = "INSERT INTO generation_content (id, org_id, created_at, data) VALUES (?, ?, ?, ?)"
+
+
+def _content_row(g: dict[str, Any], content: dict[str, Any]) -> tuple[Any, ...]:
+    return (g["id"], g["org_id"], g["created_at_ms"], orjson.dumps(content))
+
+
 class SettleOp:
     """A settlement for the group-commit writer. Consecutive settlements in a batch are
     written together (`run_many`): one insert of all their entries, one of all their
     generation records, and one balance update per account touched, instead of one of
-    each per request."""
+    each per request. `content` (prompt and completion) is written only for organizations
+    that opted in to prompt logging."""
 
-    __slots__ = ("entries", "generation")
+    __slots__ = ("content", "entries", "generation")
 
-    def __init__(self, entries: list[Entry], generation: dict[str, Any]) -> None:
-        self.entries, self.generation = entries, generation
+    def __init__(self, entries: list[Entry], generation: dict[str, Any], content: dict[str, Any] | None = None) -> None:
+        self.entries, self.generation, self.content = entries, generation, content
 
     def __call__(self, conn: sqlite3.Connection) -> None:
         settle(conn, self.entries, self.generation)
+        if self.content is not None:
+            conn.execute(_INSERT_CONTENT, _content_row(self.generation, self.content))
 
     @staticmethod
     def run_many(conn: sqlite3.Connection, ops: list[SettleOp]) -> list[None]:
         post_entries(conn, [e for op in ops for e in op.entries])
         conn.executemany(_INSERT_GENERATION, [_generation_row(op.generation) for op in ops])
+        contents = [_content_row(op.generation, op.content) for op in ops if op.content is not None]
+        if contents:
+            conn.executemany(_INSERT_CONTENT, contents)
         return [None] * len(ops)
 
 
