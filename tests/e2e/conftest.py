@@ -11,6 +11,7 @@ from pathlib import Path
 import openai
 import pytest
 
+from tests.e2e.inproc import InProcessGateway
 from tests.e2e.procs import Gateway, start_sim
 
 _names = itertools.count()
@@ -70,3 +71,34 @@ def funded(gateway: Gateway, org_name: str) -> tuple[Gateway, str, str]:
 
 def client(gw: Gateway, key: str, **kw: object) -> openai.OpenAI:
     return openai.OpenAI(base_url=gw.api, api_key=key, max_retries=0, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def make_fake_clock_gateway(sim_url: str, tmp_path: Path) -> Iterator[Callable[..., InProcessGateway]]:
+    """Gateways of their own, served in this process with a FakeClock (`gw.clock`,
+    `gw.advance`) starting Thursday 2026-01-01T00:00:00Z; settings as for make_gateway. Each
+    one still running when the test ends has its ledger verified."""
+    started: list[InProcessGateway] = []
+
+    def make(**settings: object) -> InProcessGateway:
+        env = {f"FAREBOX_{k.upper()}": str(v).lower() if isinstance(v, bool) else str(v) for k, v in settings.items()}
+        gw = InProcessGateway(tmp_path / f"inproc{len(started)}", sim_url, env).start()
+        started.append(gw)
+        return gw
+
+    yield make
+    reports = []
+    for gw in started:
+        try:
+            if gw.running:
+                reports.append(gw.verify())
+        finally:
+            gw.stop()   # every one, even after a failed check: each holds a thread and a database
+    for report in reports:
+        assert report["ok"], report
+
+
+@pytest.fixture
+def fake_clock_gateway(make_fake_clock_gateway: Callable[..., InProcessGateway]) -> InProcessGateway:
+    """One in-process gateway with a FakeClock and default settings (see make_fake_clock_gateway)."""
+    return make_fake_clock_gateway()
