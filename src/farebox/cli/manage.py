@@ -80,13 +80,21 @@ def keys_create(org: str = typer.Option(..., "--org", help="Organization name.")
                 name: str = typer.Option(..., "--name", help="A name for the key."),
                 limit: str = typer.Option(None, "--limit", help="Spending limit in USD, e.g. 25.00."),
                 limit_reset: str = typer.Option(None, "--limit-reset", help="daily, weekly or monthly."),
+                include_byok: bool = typer.Option(None, "--include-byok-in-limit", help="The limit also counts "
+                                                  "BYOK list-price cost."),
+                expires_at: str = typer.Option(None, "--expires-at", help="UTC ISO time, e.g. 2027-01-01T00:00:00Z."),
+                workspace: int = typer.Option(None, "--workspace", metavar="ID", help="Its workspace (default: "
+                                              "the default workspace)."),
+                rpm: int = typer.Option(None, "--rate-limit-rpm", help="Most requests a minute."),
+                tpm: int = typer.Option(None, "--rate-limit-tpm", help="Most tokens a minute."),
                 url: str = URL, as_json: bool = JSON) -> None:
     """Create an API key. The key is shown once, here."""
     body: dict[str, Any] = {"organization": org, "name": name}
-    if limit is not None:
-        body["limit"] = limit
-    if limit_reset is not None:
-        body["limit_reset"] = limit_reset
+    for field, value in (("limit", limit), ("limit_reset", limit_reset), ("include_byok_in_limit", include_byok),
+                         ("expires_at", expires_at), ("workspace_id", workspace), ("rate_limit_rpm", rpm),
+                         ("rate_limit_tpm", tpm)):
+        if value is not None:
+            body[field] = value
     data = _call(url, "POST", "/api/v1/keys", body)
     if as_json:
         _print_json(data)
