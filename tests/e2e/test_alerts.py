@@ -366,6 +366,11 @@ def test_statement_accounts_for_every_movement(gateway: Gateway, org_name: str):
     generations.append(spend(gw, key, 500))
     gw.wait_idle()
     today = dt.datetime.now(dt.UTC).date().isoformat()
+    # The statement covers the whole organization's wallet: an API key (limited to its
+    # workspace) may not read it; an owner may.
+    status, body, _ = statement(gw, key, f"from={today}&to={today}")
+    assert status == 403, body
+    key = member_token(gw, org_name, "owner")
 
     status, body, headers = statement(gw, key, f"from={today}&to={today}")
     assert status == 200, body
@@ -398,12 +403,12 @@ def test_statement_accounts_for_every_movement(gateway: Gateway, org_name: str):
         assert status == 400 and err["error"]["code"] == 400, (query, err)
 
 
-def test_a_key_reads_only_its_own_organizations_statement(gateway: Gateway, org_name: str):
+def test_a_member_reads_only_its_own_organizations_statement(gateway: Gateway, org_name: str):
     gw = gateway
     a, b = f"{org_name}-a", f"{org_name}-b"
     gw.org(a, "1.00")
     gw.org(b, "7.00")
-    key_a, _ = gw.key(a)
+    key_a = member_token(gw, a, "viewer")
     key_b, _ = gw.key(b)
     secret_b = spend(gw, key_b, 50)
     gw.wait_idle()

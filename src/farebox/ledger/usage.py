@@ -26,10 +26,23 @@ def period_start(now: float, period: str) -> int:
     return int(start.timestamp())
 
 
+def period_end(start: int, period: str) -> int:
+    """Unix seconds at which the window that began at `start` ends."""
+    day = dt.datetime.fromtimestamp(start, dt.UTC)
+    if period == "daily":
+        end = day + dt.timedelta(days=1)
+    elif period == "weekly":
+        end = day + dt.timedelta(days=7)
+    else:
+        end = (day.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
+    return int(end.timestamp())
+
+
 @dataclass(slots=True)
 class Window:
     start: int = -1
     amount: int = 0
+    end: int = -1     # when `start`'s window ends: until then no calendar arithmetic is needed
 
 
 @dataclass(slots=True)
@@ -39,9 +52,12 @@ class KeyUsage:
 
     def _roll(self, period: str, now: float) -> Window:
         window = self.windows[period]
+        if window.start <= now < window.end:
+            return window   # the common case, on every charge: still the same window
         start = period_start(now, period)
         if window.start != start:
             window.start, window.amount = start, 0
+        window.end = period_end(start, period)
         return window
 
     def add(self, amount: int, now: float) -> None:
@@ -55,7 +71,7 @@ class KeyUsage:
         self.total -= amount
         for period in PERIODS:
             window = self.windows[period]
-            if window.start == period_start(added_at, period):
+            if window.start <= added_at < window.end:
                 window.amount -= amount
 
     def in_period(self, period: str | None, now: float) -> int:
