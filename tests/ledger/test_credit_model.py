@@ -1,10 +1,13 @@
 """A stateful model test of credits: the real Ledger (its Book, a real SQLite store, the
 group-commit writer) driven by random grants, purchases and their replays, top-ups,
-spending (holds kept open across other steps, settlements, overruns), clock moves, expiry
-sweeps, refunds and failed refunds, and restarts. After every step it is checked against a
-small reference model that keeps lots as a plain list and computes every expectation on
-its own: the draw order is promotional (bonus, grant, trial) before paid (purchase), then
-the soonest expiry (never-expiring last), then creation order."""
+transfers between an organization's wallet and its workspaces' pools (and their replays),
+spending from any wallet (holds kept open across other steps, settlements, overruns),
+clock moves, expiry sweeps, refunds and failed refunds, and restarts. After every step it
+is checked against a small reference model that keeps lots as a plain list and computes
+every expectation on its own: the draw order is promotional (bonus, grant, trial) before
+paid (purchase), then the soonest expiry (never-expiring last), then creation order; a
+transfer moves the source's lots in that order, each becoming a lot of the same kind,
+expiry and purchase in the target."""
 
 from __future__ import annotations
 
@@ -18,13 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, Phase, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from farebox.clock import FakeClock
-from farebox.errors import Conflict
+from farebox.errors import Conflict, InsufficientCredits
 from farebox.ledger.book import Book, Hold, Shortfall
 from farebox.ledger.entries import (
     BONUSES,
@@ -37,10 +41,13 @@ from farebox.ledger.entries import (
     REVENUE,
     SYSTEM_ACCOUNTS,
     TAXES,
+    org_of,
     wallet,
+    workspace_wallet,
 )
-from farebox.ledger.ledger import Ledger, RefundTerms
+from farebox.ledger.ledger import Ledger, RefundTerms, Transfer
 from farebox.ledger.verify import verify_store
+from farebox.money import usd_json
 from farebox.store import sqlite as ops
 from farebox.store.sqlite import Store
 from farebox.store.writer import GroupWriter
@@ -51,6 +58,11 @@ DAY_MS = 86_400_000
 HOLD_TIMEOUT_S = 10**9  # no hold sweeper runs here: a hold ends only when settled or released
 ORGS = (1, 2)
 ORG = st.sampled_from((1, 1, 2))  # mostly one organization, so its lots and holds meet; the other stays apart
+# Every organization's wallets: its own (where all credit arrives, and the only one refunds
+# see) and its workspaces' pools, two for one organization and one for the other.
+WALLETS = {1: (wallet(1), workspace_wallet(1, 1), workspace_wallet(1, 2)),
+           2: (wallet(2), workspace_wallet(2, 3))}
+ALL_WALLETS = tuple(a for org in ORGS for a in WALLETS[org])
 NEVER = float("inf")
 REFERENCES = ("a", "b", "c")  # few grant references, so replays (and conflicting replays) happen
 EXPIRY_DAYS = st.sampled_from([None, 1, 7, 30, 365])
@@ -70,7 +82,7 @@ def generation(gid: str, org_id: int, total: int, charged: int) -> dict[str, Any
 class MLot:
     seq: int               # the model's own creation order
     lot_id: int            # the real lot's id, to compare lot by lot
-    org: int
+    account: str           # the wallet it is in
     kind: str
     amount: int
     expires: int | None
@@ -98,9 +110,17 @@ class MPurchase:
 
 @dataclass
 class MHold:
-    org: int
+    account: str
     amount: int
     hold: Hold
+
+
+@dataclass(frozen=True)
+class MTransfer:
+    org: int
+    source: str
+    target: str
+    amount: int
 
 
 def restart_equivalent(live: Ledger, fresh: Ledger) -> None:
@@ -122,11 +142,17 @@ def restart_equivalent(live: Ledger, fresh: Ledger) -> None:
         assert [x.id for x in mine.live] == [x.id for x in theirs.live]
 
     def pending(book: Book) -> set[tuple[int, str, int]]:
-        # The live heap keeps entries of lots drained since (dropped when popped): compare the rest.
-        return {e for e in book.expiries if book.lots[e[1]].by_id[e[2]].remaining}
+        # The live heap keeps entries of lots drained since, and of a transfer's lots under the
+        # provisional ids they had before their commit (both skipped when popped): compare the rest.
+        def due(e: tuple[int, str, int]) -> bool:
+            lot = book.lots[e[1]].by_id.get(e[2])
+            return lot is not None and lot.remaining > 0
+
+        return {e for e in book.expiries if due(e)}
 
     assert pending(a) == pending(b)
     assert live.refunds == fresh.refunds
+    assert live.transfers == fresh.transfers
 
 
 class CreditMachine(RuleBasedStateMachine):
@@ -142,9 +168,11 @@ class CreditMachine(RuleBasedStateMachine):
         # The reference model.
         self.m_balance: dict[str, int] = {a: 0 for a in SYSTEM_ACCOUNTS}
         self.m_lots: list[MLot] = []
-        self.m_spent = dict.fromkeys(ORGS, 0)
-        self.m_credited = dict.fromkeys(ORGS, 0)  # into the wallet: grants, purchases, bonuses, restored refunds
-        self.m_taken = dict.fromkeys(ORGS, 0)     # out other than by spending: refunds, forfeits, expiries
+        self.m_spent = dict.fromkeys(ALL_WALLETS, 0)
+        # Per organization, over all its wallets (a transfer changes neither):
+        self.m_credited = dict.fromkeys(ORGS, 0)  # came in: grants, purchases, bonuses
+        self.m_taken = dict.fromkeys(ORGS, 0)     # left other than by spending: refunds, forfeits, expiries
+        self.m_transfers: dict[str, MTransfer] = {}
         self.m_grants: dict[tuple[str, str], tuple[int, int]] = {}  # (kind, reference) -> (org, amount)
         self.m_purchases: dict[str, MPurchase] = {}
         self.m_refunds: dict[str, RefundTerms] = {}
@@ -192,30 +220,42 @@ class CreditMachine(RuleBasedStateMachine):
         self.m_balance[source] = self.m_balance.get(source, 0) - amount
         self.m_balance[target] = self.m_balance.get(target, 0) + amount
 
-    def m_available(self, org: int) -> int:
-        return self.m_balance[wallet(org)] - sum(h.amount for h in self.m_holds.values() if h.org == org)
+    def m_available(self, account: str) -> int:
+        return self.m_balance[account] - sum(h.amount for h in self.m_holds.values() if h.account == account)
 
-    def m_live(self, org: int) -> list[MLot]:
-        return sorted((x for x in self.m_lots if x.org == org and x.remaining), key=MLot.order)
+    def m_live(self, account: str) -> list[MLot]:
+        return sorted((x for x in self.m_lots if x.account == account and x.remaining), key=MLot.order)
+
+    def m_new_lot(self, account: str, lot_id: int, kind: str, amount: int, expires: int | None,
+                  purchase: str | None) -> MLot:
+        self.seq += 1
+        lot = MLot(self.seq, lot_id, account, kind, amount, expires, purchase)
+        self.m_lots.append(lot)
+        return lot
 
     def m_add_lot(self, org: int, lot_id: int, kind: str, amount: int, expires: int | None,
                   purchase: str | None) -> MLot:
-        self.seq += 1
-        lot = MLot(self.seq, lot_id, org, kind, amount, expires, purchase)
-        self.m_lots.append(lot)
+        """New credit: a lot in the organization's own wallet."""
         self.m_credited[org] += amount
-        return lot
+        return self.m_new_lot(wallet(org), lot_id, kind, amount, expires, purchase)
 
-    def m_draw(self, org: int, amount: int) -> list[tuple[int, int]]:
-        taken = []
-        for lot in self.m_live(org):
+    @staticmethod
+    def m_plan(lots: list[MLot], amount: int) -> list[tuple[MLot, int]]:
+        """What taking `amount` from `lots`, in their order, takes from each."""
+        parts = []
+        for lot in lots:
             part = min(amount, lot.remaining)
             if part:
-                lot.remaining -= part
+                parts.append((lot, part))
                 amount -= part
-                taken.append((lot.lot_id, part))
         assert amount == 0, "the model drew more than its lots hold"
-        return taken
+        return parts
+
+    def m_draw(self, account: str, amount: int) -> list[tuple[int, int]]:
+        parts = self.m_plan(self.m_live(account), amount)
+        for lot, part in parts:
+            lot.remaining -= part
+        return [(lot.lot_id, part) for lot, part in parts]
 
     def expiry(self, days: int | None) -> int | None:
         return None if days is None else self.clock.now_ms() + days * DAY_MS
@@ -229,14 +269,15 @@ class CreditMachine(RuleBasedStateMachine):
         def op(conn: sqlite3.Connection) -> None:
             for org in ORGS:
                 conn.execute("INSERT INTO organizations (id, name, created_at) VALUES (?, ?, 0)", (org, f"o{org}"))
-                ops.ensure_account(conn, wallet(org), org, "wallet")
+                for account in WALLETS[org]:  # as tenancy/workspaces.py makes a pooled workspace's
+                    ops.ensure_account(conn, account, org, "wallet")
 
         async def write() -> None:  # submit needs the running loop
             await self.ledger.writer.submit(op)
 
         self.run(write())
-        for org in ORGS:
-            self.m_balance[wallet(org)] = 0
+        for account in ALL_WALLETS:
+            self.m_balance[account] = 0
 
     # -- money in ---------------------------------------------------------------------------
     @rule(org=ORG, kind=st.sampled_from(["grant", "trial"]), amount=AMOUNT,
@@ -314,17 +355,17 @@ class CreditMachine(RuleBasedStateMachine):
         assert self.snapshot() == before
 
     # -- spending ---------------------------------------------------------------------------
-    def hold_amount(self, data: st.DataObject, org: int) -> int:
-        available = max(self.m_available(org), 0)
+    def hold_amount(self, data: st.DataObject, account: str) -> int:
+        available = max(self.m_available(account), 0)
         # Mostly what fits; sometimes all of it, one nano too many, or whole cents (which may not fit).
         return data.draw(st.one_of(st.integers(0, available), st.integers(0, available), st.just(available),
                                    st.just(available + 1), st.integers(1, 30).map(lambda c: c * CENT)))
 
-    def place(self, org: int, amount: int) -> Hold | None:
+    def place(self, account: str, amount: int) -> Hold | None:
         """A hold, refused exactly when it does not fit what the model says is available."""
-        available = self.m_available(org)
+        available = self.m_available(account)
         try:
-            hold = self.ledger.book.hold(self.next_id("g"), wallet(org), amount)
+            hold = self.ledger.book.hold(self.next_id("g"), account, amount)
         except Shortfall as s:
             event("hold refused")
             assert amount > available and (s.scope, s.available) == ("wallet", available)
@@ -332,39 +373,49 @@ class CreditMachine(RuleBasedStateMachine):
         assert amount <= available
         return hold
 
-    def settle(self, org: int, hold: Hold, cost: int) -> None:
+    def settle(self, account: str, hold: Hold, cost: int) -> None:
         """Settle as the relay does and commit with the generation record; the model draws
         the charge from its own lots and must agree lot by lot."""
+        org = org_of(account)
         charged = min(cost, hold.amount)
         s = self.ledger.book.settle(hold, cost, reference=f"charge:{hold.id}", created_at=self.clock.now_ms(),
                                     org_id=org, key_hash="k", generation_id=hold.id)
         self.run(self.ledger.commit(s, generation(hold.id, org, cost, s.charged)))
         assert (s.charged, s.overrun) == (charged, cost - charged)
-        draws = self.m_draw(org, charged) if charged else []
+        draws = self.m_draw(account, charged) if charged else []
         assert s.draws == draws
-        self.move(wallet(org), REVENUE, charged)
+        self.move(account, REVENUE, charged)
         self.move(OVERRUN, REVENUE, cost - charged)
-        self.m_spent[org] += charged
+        self.m_spent[account] += charged
         if cost > charged:
             event("overrun")
+        if charged and account != wallet(org):
+            event("spent from a pool")
 
     @staticmethod
     def cost(data: st.DataObject, held: int) -> int:
         # The hold's amount, less, or more (an overrun, paid by system:overrun).
         return data.draw(st.one_of(st.just(held), st.integers(0, held), st.integers(held, 2 * held + 1)))
 
+    def pick_wallet(self, data: st.DataObject, org: int) -> str:
+        """One of the organization's wallets: half the time one with credit available (pools
+        have credit only once a transfer funded them)."""
+        funded = [a for a in WALLETS[org] if self.m_available(a) > 0] or list(WALLETS[org])
+        return data.draw(st.one_of(st.sampled_from(funded), st.sampled_from(WALLETS[org])))
+
     @rule(data=st.data(), org=ORG, keep_open=st.booleans())
     def spend(self, data: st.DataObject, org: int, keep_open: bool) -> None:
-        """A request: hold, then settle at once, or keep the hold open (a request in flight)
-        across the steps that follow."""
-        amount = self.hold_amount(data, org)
-        hold = self.place(org, amount)
+        """A request, on the organization's wallet or a workspace's pool: hold, then settle at
+        once, or keep the hold open (a request in flight) across the steps that follow."""
+        account = self.pick_wallet(data, org)
+        amount = self.hold_amount(data, account)
+        hold = self.place(account, amount)
         if hold is None:
             return
         if keep_open:
-            self.m_holds[hold.id] = MHold(org, amount, hold)
+            self.m_holds[hold.id] = MHold(account, amount, hold)
         else:
-            self.settle(org, hold, self.cost(data, amount))
+            self.settle(account, hold, self.cost(data, amount))
 
     @precondition(lambda self: self.m_holds)
     @rule(data=st.data(), release=st.booleans())
@@ -374,7 +425,7 @@ class CreditMachine(RuleBasedStateMachine):
         if release:
             self.ledger.book.release(h.hold)
         else:
-            self.settle(h.org, h.hold, self.cost(data, h.amount))
+            self.settle(h.account, h.hold, self.cost(data, h.amount))
 
     # -- time and expiry ----------------------------------------------------------------------
     @rule(hours=st.sampled_from([0, 1, 24, 7 * 24, 30 * 24, 400 * 24]), sweep=st.booleans())
@@ -386,20 +437,23 @@ class CreditMachine(RuleBasedStateMachine):
             self.sweep()
 
     def sweep(self) -> None:
-        """Expire lots past their expiry, soonest first (then oldest), each as far as what the
-        wallet's open holds leave available: the rest waits for a later sweep."""
+        """Expire lots past their expiry in every wallet, pools included, soonest first (then
+        oldest), each as far as what its wallet's open holds leave available: the rest waits
+        for a later sweep."""
         now = self.clock.now_ms()
         expected = 0
-        for org in ORGS:
-            due = sorted((x for x in self.m_lots if x.org == org and x.remaining and x.expires is not None
+        for account in ALL_WALLETS:
+            due = sorted((x for x in self.m_lots if x.account == account and x.remaining and x.expires is not None
                           and x.expires <= now), key=lambda x: (x.expires, x.seq))
             for lot in due:
-                amount = min(lot.remaining, max(self.m_available(org), 0))
+                amount = min(lot.remaining, max(self.m_available(account), 0))
                 if amount < lot.remaining:
                     event("expiry held back by open holds")
+                if amount and account != wallet(org_of(account)):
+                    event("pool credit expired")
                 lot.remaining -= amount
-                self.move(wallet(org), EXPIRED, amount)
-                self.m_taken[org] += amount
+                self.move(account, EXPIRED, amount)
+                self.m_taken[org_of(account)] += amount
                 expected += amount
         if expected:
             event("lots expired")
@@ -426,24 +480,34 @@ class CreditMachine(RuleBasedStateMachine):
             assert (new, terms) == (False, prior)
             assert self.snapshot() == before
             return
-        available = max(self.m_available(p.org), 0)
-        amount = min(p.credit_lot.remaining, available) // CENT * CENT
+        # Only the organization's own wallet: credit of the purchase moved to a pool stays
+        # there. There, every lot of the purchase (the first, and any a transfer brought back),
+        # each taken in the draw order.
+        account = wallet(p.org)
+        mine = [x for x in self.m_live(account) if x.purchase == purchase_id]
+        credit = [x for x in mine if x.kind == "purchase"]
+        bonus = [x for x in mine if x.kind == "bonus"]
+        if any(x.purchase == purchase_id and x.remaining and x.account != account for x in self.m_lots):
+            event("refund leaves the purchase's credit in pools")
+        if len(credit) > 1:
+            event("refund of a purchase in several lots")
+        available = max(self.m_available(account), 0)
+        amount = min(sum(x.remaining for x in credit), available) // CENT * CENT
         if amount == 0:
             event("nothing to refund")
             with pytest.raises(Conflict):
                 self.run(self.ledger.refund(p.org, purchase_id, unit=CENT, record=record))
             assert self.snapshot() == before
             return
-        forfeit = min(p.bonus_lot.remaining, available - amount) if p.bonus_lot is not None else 0
-        if available < p.credit_lot.remaining + (p.bonus_lot.remaining if p.bonus_lot else 0):
+        forfeit = min(sum(x.remaining for x in bonus), available - amount)
+        if available < sum(x.remaining for x in mine):
             event("refund bounded by open holds")
         new, terms = self.run(self.ledger.refund(p.org, purchase_id, unit=CENT, record=record))
         assert new and terms == RefundTerms(purchase_id, p.org, amount, forfeit, "pending")
-        p.credit_lot.remaining -= amount
-        self.move(wallet(p.org), REFUNDS, amount)
-        if p.bonus_lot is not None:
-            p.bonus_lot.remaining -= forfeit
-            self.move(wallet(p.org), BONUSES, forfeit)
+        for lots, total, sink in ((credit, amount, REFUNDS), (bonus, forfeit, BONUSES)):
+            for lot, part in self.m_plan(lots, total) if total else []:
+                lot.remaining -= part
+            self.move(account, sink, total)
         self.m_taken[p.org] += amount + forfeit
         self.m_refunds[purchase_id] = terms
         event("refund with forfeit" if forfeit else "refund")
@@ -478,6 +542,90 @@ class CreditMachine(RuleBasedStateMachine):
                                                 (purchase_id,)).fetchone()
         assert status == ("failed",)
 
+    # -- transfers -------------------------------------------------------------------------------
+    def transfer_amount(self, data: st.DataObject, source: str) -> int:
+        available = max(self.m_available(source), 0)
+        # Mostly what fits (at least a nano: a transfer moves something); sometimes all of it,
+        # one nano too many, or whole cents (which may not fit).
+        return data.draw(st.one_of(st.integers(1, max(available, 1)), st.integers(1, max(available, 1)),
+                                   st.just(max(available, 1)),
+                                   st.just(available + 1), st.integers(1, 30).map(lambda c: c * CENT)))
+
+    def call_transfer(self, t: MTransfer, reference: str) -> tuple[bool, Transfer]:
+        return self.run(self.ledger.transfer(t.org, t.source, t.target, t.amount, reference, memo="m",
+                                             created_by="member"))
+
+    def funded_orgs(self) -> list[int]:
+        return [org for org in ORGS if any(self.m_available(a) > 0 for a in WALLETS[org])]
+
+    # Only while some wallet has credit available: most of the time every wallet is empty
+    # (spending and expiry drain them), and refusals still come from an empty source or an
+    # amount too large.
+    @precondition(lambda self: self.funded_orgs())
+    @rule(data=st.data())
+    def transfer(self, data: st.DataObject) -> None:
+        """Move credit between two wallets of one organization, its own and its pools, either way."""
+        org = data.draw(st.sampled_from(self.funded_orgs()))
+        before = self.snapshot()
+        source = self.pick_wallet(data, org)
+        target = data.draw(st.sampled_from([a for a in WALLETS[org] if a != source]))
+        t = MTransfer(org, source, target, self.transfer_amount(data, source))
+        reference = self.next_id("t")
+        available = self.m_available(source)
+        if t.amount > available:
+            event("transfer refused")
+            with pytest.raises(InsufficientCredits) as refused:
+                self.call_transfer(t, reference)
+            assert orjson.dumps(refused.value.metadata) == orjson.dumps({"available": usd_json(max(available, 0))})
+            assert self.snapshot() == before and reference not in self.ledger.transfers
+            return
+        parts = self.m_plan(self.m_live(source), t.amount)
+        seen = set(self.ledger.book.lots[target].by_id) if target in self.ledger.book.lots else set()
+        new, record = self.call_transfer(t, reference)
+        assert new and record == Transfer(reference, org, source, target, t.amount, "m", "member",
+                                          self.clock.now_ms())
+        # Each source lot drawn from (in the draw order) makes one lot of the same kind, expiry
+        # and purchase in the target, known by its stored entry's id: one entry per lot, naming
+        # the lot it was drawn from.
+        added = sorted(set(self.ledger.book.lots[target].by_id) - seen)
+        assert len(added) == len(parts)
+        rows = self.store.reader_conn.execute(
+            "SELECT e.id, e.reference, e.from_account, e.to_account, e.amount, l.kind, l.expires_at, l.purchase_id"
+            " FROM entries e JOIN lots l ON l.entry_id = e.id WHERE e.kind = 'transfer' AND e.reference LIKE ?"
+            " ORDER BY e.id", (f"transfer:lot:%:{reference}",)).fetchall()
+        assert rows == [(i, f"transfer:lot:{lot.lot_id}:{reference}", source, target, part, lot.kind, lot.expires,
+                         lot.purchase) for i, (lot, part) in zip(added, parts, strict=True)]
+        for i, (lot, part) in zip(added, parts, strict=True):
+            lot.remaining -= part
+            self.m_new_lot(target, i, lot.kind, part, lot.expires, lot.purchase)
+        self.move(source, target, t.amount)
+        self.m_transfers[reference] = t
+        event("transfer from a pool" if source != wallet(org) else "transfer to a pool")
+        if len(parts) > 1:
+            event("transfer of several lots")
+        if any(h.account == source for h in self.m_holds.values()):
+            event("transfer beside open holds")
+
+    @precondition(lambda self: self.m_transfers)
+    @rule(data=st.data(), how=st.sampled_from(["same", "same", "other amount", "other way"]))
+    def replay_transfer(self, data: st.DataObject, how: str) -> None:
+        """An earlier transfer's reference again: with its terms nothing moves and the first
+        transfer is returned; with other terms it is a Conflict, and nothing moves."""
+        before = self.snapshot()
+        reference = data.draw(st.sampled_from(sorted(self.m_transfers)))
+        prior = self.m_transfers[reference]
+        if how == "same":
+            new, record = self.call_transfer(prior, reference)
+            assert not new and (record.org_id, record.source, record.target, record.amount) == (
+                prior.org, prior.source, prior.target, prior.amount)
+        else:
+            other = (MTransfer(prior.org, prior.source, prior.target, prior.amount + 1) if how == "other amount"
+                     else MTransfer(prior.org, prior.target, prior.source, prior.amount))
+            with pytest.raises(Conflict):
+                self.call_transfer(other, reference)
+        event(f"transfer replayed: {how}")
+        assert self.snapshot() == before
+
     # -- restart ---------------------------------------------------------------------------------
     # Only with no request in flight: holds live in memory alone (a crash drops them, which
     # is trivially right), and open holds are what the expiry and refund rules need most.
@@ -495,25 +643,61 @@ class CreditMachine(RuleBasedStateMachine):
     @invariant()
     def wallets_match_the_model(self) -> None:
         book = self.ledger.book
-        for org in ORGS:
-            account = wallet(org)
+        for account in ALL_WALLETS:
             balance = book.balance(account)
             assert balance == self.m_balance[account]
-            assert book.available(account) == self.m_available(org) >= 0
+            assert book.available(account) == self.m_available(account) >= 0
             lots = book.lots.get(account)
             assert (lots.total() if lots else 0) == balance  # the balance is the sum of live lots
-            assert book.spent.get(account, 0) == self.m_spent[org]
-            # total_credits as GET /credits shows it: what came in, less what left other than by spending.
-            assert balance + book.spent.get(account, 0) == self.m_credited[org] - self.m_taken[org]
+            assert book.spent.get(account, 0) == self.m_spent[account]
 
     @invariant()
     def lots_match_the_model(self) -> None:
-        for org in ORGS:
-            lots = self.ledger.book.lots.get(wallet(org))
+        for account in ALL_WALLETS:
+            lots = self.ledger.book.lots.get(account)
             live = [(x.id, x.kind, x.remaining, x.expires_at_ms, x.purchase) for x in lots.live] if lots else []
-            assert live == [(x.lot_id, x.kind, x.remaining, x.expires, x.purchase) for x in self.m_live(org)]
+            assert live == [(x.lot_id, x.kind, x.remaining, x.expires, x.purchase) for x in self.m_live(account)]
             by_id = {i: x.remaining for i, x in lots.by_id.items()} if lots else {}
-            assert by_id == {x.lot_id: x.remaining for x in self.m_lots if x.org == org}
+            assert by_id == {x.lot_id: x.remaining for x in self.m_lots if x.account == account}
+
+    @invariant()
+    def organizations_conserve_credit(self) -> None:
+        """Over all of an organization's wallets, transfers create and destroy nothing: what
+        they hold plus what left them (charges, expiry, refunds, forfeits) is what came in
+        (grants, purchases, bonuses; a failed refund's restored credit undoes its refund). In
+        the book against the model's totals, and in the stored entries, where only transfers
+        move money between two of its wallets and none crosses to another organization's."""
+        book = self.ledger.book
+        org_of_wallet = {a: org for org in ORGS for a in WALLETS[org]}
+        came: dict[int, dict[str, int]] = {org: {} for org in ORGS}    # into the wallets from outside, by kind
+        left: dict[int, dict[str, int]] = {org: {} for org in ORGS}    # out of them to elsewhere, by kind
+        inside: dict[int, set[str]] = {org: set() for org in ORGS}     # kinds between two of its wallets
+        for kind, source, target, amount in self.store.reader_conn.execute(
+                "SELECT kind, from_account, to_account, SUM(amount) FROM entries"
+                " WHERE from_account LIKE '%:wallet' OR to_account LIKE '%:wallet' GROUP BY 1, 2, 3"):
+            a, b = org_of_wallet.get(source), org_of_wallet.get(target)
+            if a is not None and a == b:
+                inside[a].add(kind)
+                continue
+            assert a is None or b is None, (kind, source, target)  # never from one organization to another
+            if b is not None:
+                came[b][kind] = came[b].get(kind, 0) + amount
+            if a is not None:
+                left[a][kind] = left[a].get(kind, 0) + amount
+        for org in ORGS:
+            held = sum(book.balance(a) for a in WALLETS[org])
+            spent = sum(book.spent.get(a, 0) for a in WALLETS[org])
+            # total_credits as GET /credits shows it: what came in, less what left other than by spending.
+            assert held + spent == self.m_credited[org] - self.m_taken[org]
+            i, o = came[org], left[org]
+            assert set(i) <= {"grant", "trial", "purchase", "bonus", "refund_failed", "forfeit_failed"}, i
+            assert set(o) <= {"charge", "expiry", "refund", "forfeit"}, o
+            assert inside[org] <= {"transfer"}, inside[org]
+            restored = i.get("refund_failed", 0) + i.get("forfeit_failed", 0)
+            assert sum(i.values()) - restored == self.m_credited[org]
+            assert sum(o.values()) - o.get("charge", 0) - restored == self.m_taken[org]
+            assert o.get("charge", 0) == spent
+            assert sum(i.values()) - sum(o.values()) == held
 
     @invariant()
     def system_accounts_match_the_model(self) -> None:
@@ -533,6 +717,10 @@ class CreditMachine(RuleBasedStateMachine):
         refunds = {pid: RefundTerms(pid, org, amount, forfeited, status) for pid, org, amount, forfeited, status
                    in conn.execute("SELECT purchase_id, org_id, amount, forfeited, status FROM refunds")}
         assert refunds == self.m_refunds == self.ledger.refunds
+        transfers = {r: MTransfer(o, s, t, a) for r, o, s, t, a in
+                     conn.execute("SELECT reference, org_id, from_account, to_account, amount FROM transfers")}
+        assert transfers == self.m_transfers == {r: MTransfer(t.org_id, t.source, t.target, t.amount)
+                                                 for r, t in self.ledger.transfers.items()}
         report = verify_store(conn)
         assert report.ok, report.violations
 
