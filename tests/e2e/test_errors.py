@@ -9,9 +9,23 @@ import openai
 import pytest
 
 from tests.e2e.conftest import client
-from tests.e2e.procs import http
+from tests.e2e.procs import Gateway, http
 
 MSG = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture(scope="module")
+def failing(sim_url, tmp_path_factory):  # type: ignore[no-untyped-def]
+    """A gateway of this module's own for tests that make sim/small fail on purpose: on the
+    shared gateway a dozen failures in a row would put the endpoint in outage (503) for
+    whichever tests come next. Its ledger is verified when the module ends."""
+    gw = Gateway(tmp_path_factory.mktemp("failing"), sim_url, {"FAREBOX_HEALTH_OUTAGE_FAILURES": "1000000"}).start()
+    gw.org("failing", "5.00")
+    key, _ = gw.key("failing")
+    yield gw, "failing", key
+    report = gw.verify()
+    gw.stop()
+    assert report["ok"], report
 
 
 def assert_shape(body, status):
@@ -173,8 +187,8 @@ def test_body_over_the_limit_is_413(make_gateway):
     ({"status": 429, "retry_after": 7}, 429, openai.RateLimitError),
     ({"status": 400}, 400, openai.BadRequestError),
 ])
-def test_upstream_failures(funded, control, status, exc, stream):
-    gw, org, key = funded
+def test_upstream_failures(failing, control, status, exc, stream):
+    gw, org, key = failing
     before = gw.balance(org)
     with pytest.raises(exc) as caught:
         result = client(gw, key).chat.completions.create(
@@ -220,8 +234,8 @@ def test_failure_after_keepalives_started_arrives_as_an_error_chunk(make_gateway
     assert gw.balance("late") == 1
 
 
-def test_mid_stream_failure_becomes_an_error_chunk_and_bills_what_was_delivered(funded):
-    gw, org, key = funded
+def test_mid_stream_failure_becomes_an_error_chunk_and_bills_what_was_delivered(failing):
+    gw, org, key = failing
     before = gw.balance(org)
     stream = client(gw, key).chat.completions.create(
         model="sim/small", messages=MSG, stream=True, extra_body={"sim": {"cut_after": 3, "output_tokens": 20}})
