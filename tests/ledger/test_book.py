@@ -461,3 +461,19 @@ def test_credit_without_a_stored_lot_is_a_never_expiring_grant():
     book = make_book(250)
     [lot] = book.lots[W].live
     assert (lot.kind, lot.expires_at_ms, lot.remaining) == ("grant", None, 250) and lot.id < 0
+
+
+def test_a_hold_releases_exactly_what_it_reserved_even_if_a_cap_changes_meanwhile() -> None:
+    """A key's include_byok_in_limit (or a workspace's) may change while BYOK requests run:
+    each hold gives back what it took from each cap, not what the cap would take now."""
+    book = make_book(10_000)
+    counted = key_cap(limit=5_000, include_byok=True)
+    plain = Cap("workspace", "w", {"daily": 5_000})
+    h = book.hold("a", W, 100, (counted, plain), byok=2_000)
+    assert (counted.held, plain.held, book.available(W)) == (2_100, 100, 9_900)
+    counted.include_byok = False
+    plain.include_byok = True
+    book.resize(h, 150, 2_500)      # the growth is reserved by today's rule...
+    assert (counted.held, plain.held) == (2_150, 650)   # +50 on both, +500 BYOK on the workspace now
+    book.release(h)                 # ...and everything reserved comes back
+    assert (counted.held, plain.held, book.available(W)) == (0, 0, 10_000)

@@ -41,6 +41,9 @@ class Hold:
     caps: tuple[Cap, ...]
     created: float            # clock.monotonic()
     byok: int = 0             # BYOK list-price cost reserved on the caps that count it
+    # What is reserved on each cap (parallel to `caps`): released exactly, even if a cap's
+    # include_byok changes while the hold is open.
+    reserved: list[int] = field(default_factory=list)
     open: bool = True
     expired: bool = False
     settled: bool = False
@@ -99,9 +102,13 @@ class Book:
 
     def _reserve(self, hold: Hold, amount: int, byok: int) -> None:
         self.held[hold.account] = self.held.get(hold.account, 0) + amount
-        for cap in hold.caps:
-            cap.held += cap.reservation(amount, byok)
-            assert cap.held >= 0
+        if not hold.reserved:
+            hold.reserved = [0] * len(hold.caps)
+        for i, cap in enumerate(hold.caps):
+            part = cap.reservation(amount, byok)
+            cap.held += part
+            hold.reserved[i] += part
+            assert cap.held >= 0 and hold.reserved[i] >= 0
         hold.amount += amount
         hold.byok += byok
 
@@ -120,6 +127,7 @@ class Book:
         if not hold.open:
             self._check(hold.account, hold.caps, amount, byok)
             hold.open, hold.expired, hold.amount, hold.byok = True, False, 0, 0
+            hold.reserved = [0] * len(hold.caps)
             hold.created = self.clock.monotonic()
             self.holds[hold.id] = hold
         delta, delta_byok = amount - hold.amount, byok - hold.byok
@@ -133,8 +141,9 @@ class Book:
         hold.open = False
         self.held[hold.account] -= hold.amount
         assert self.held[hold.account] >= 0
-        for cap in hold.caps:
-            cap.held -= cap.reservation(hold.amount, hold.byok)
+        for i, cap in enumerate(hold.caps):
+            cap.held -= hold.reserved[i]
+            hold.reserved[i] = 0
             assert cap.held >= 0, cap
         del self.holds[hold.id]
 
