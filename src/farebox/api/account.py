@@ -13,6 +13,7 @@ from farebox.api.wire import generation_wire, key_wire
 from farebox.billing.purchases import quote
 from farebox.errors import BadRequest, NotFound
 from farebox.money import MoneyFormatError, parse_usd
+from farebox.tenancy import access
 
 if TYPE_CHECKING:
     from farebox.app import Gateway
@@ -76,7 +77,7 @@ def _load_generation(conn: sqlite3.Connection, gen_id: str, org_id: int, workspa
 async def quote_purchase(gw: Gateway, req: Request) -> Response:
     """GET /credits/quote?amount=50&method=card: what buying that many credits charges and
     brings (fee, bonus), before paying."""
-    gw.directory.authenticate(req.header(b"authorization"), allow="any")
+    access.resolve(gw, req, allow_keys=True)
     try:
         amount = parse_usd(req.query("amount") or "")
     except MoneyFormatError as e:

@@ -181,8 +181,10 @@ print(c.chat.completions.create(model="sim/small", messages=[{{"role": "user", "
 
   curl {base_url}/credits -H "Authorization: Bearer {api_key}"
 
-  # buy $25 of credits: open the returned "url" (a fake Stripe Checkout) and press Pay
-  curl {base_url}/credits/checkout -H "Authorization: Bearer {api_key}" -d '{{"amount": "25"}}'
+  # buy $25 of credits (money moves need a member or the operator, not an API key):
+  # open the returned "url" (a fake Stripe Checkout) and press Pay
+  curl {base_url}/credits/checkout -H "Authorization: Bearer $(cat {home}/management_key)" \\
+    -d '{{"organization": "demo", "amount": "25"}}'
 
 Press Ctrl+C to stop.
 """
