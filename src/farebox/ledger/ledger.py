@@ -88,6 +88,7 @@ class Ledger:
                 stored = f.result()[1]
                 assert stored.id is not None
                 self.book.apply(stored, Lot(stored.id, kind, stored.amount, stored.created_at, expires_at_ms))
+                self._mark_visible([stored.id])
 
         future.add_done_callback(applied)
         new, stored = await asyncio.shield(future)
@@ -118,10 +119,13 @@ class Ledger:
             # In a callback, as for grants: the book follows the database even if the caller is cancelled.
             if f.cancelled() or f.exception() is not None or not f.result()[0]:
                 return
+            lot_ids = []
             for stored in f.result()[1]:
                 assert stored.id is not None
                 self.book.apply(stored, Lot(stored.id, stored.kind, stored.amount, stored.created_at, expires_at_ms,
                                             purchase=purchase_id))
+                lot_ids.append(stored.id)
+            self._mark_visible(lot_ids)
             for other in (fee_entry, tax_entry):
                 if other is not None:
                     self.book.apply(other)
@@ -223,6 +227,11 @@ class Ledger:
                 self.book.apply(entry, into, from_lot=lot.id)
                 moved.append((entry, into, lot.id))
             self.transfers[reference] = record
+            # The receiving lots are in the book already, under provisional ids, and the
+            # entries are submitted below without yielding: every entry the book applies
+            # after them is submitted after them, so gets a higher id, and replay (which adds
+            # a lot at its own entry) sees them exactly when the book did. Unlike a grant's
+            # lots, they need no visible_after mark (see _mark_visible).
             try:
                 ids = await asyncio.shield(self.writer.submit(lambda conn: ops.transfer(
                     conn, [e for e, _, _ in moved], [(lot.kind, lot.expires_at_ms, lot.purchase) for _, lot, _ in moved],
@@ -253,14 +262,47 @@ class Ledger:
         def applied(f: asyncio.Future[list[Entry]]) -> None:
             if f.cancelled() or f.exception() is not None:
                 return
+            lot_ids = []
             for stored, (_, kind) in zip(f.result(), back, strict=True):
                 assert stored.id is not None
                 self.book.apply(stored, Lot(stored.id, kind, stored.amount, stored.created_at, expires_at_ms,
                                             purchase=terms.purchase_id))
+                lot_ids.append(stored.id)
+            self._mark_visible(lot_ids)
 
         future.add_done_callback(applied)
         await asyncio.shield(future)
         self.refunds[terms.purchase_id] = dataclasses.replace(terms, status="failed")
+
+    def _mark_visible(self, lot_ids: list[int]) -> None:
+        """Record, after the fact, when credit lots joined the book. A grant's, purchase's or
+        failed refund's lots are applied only once their entries have committed (credit is
+        never spendable before it is durable), so a charge settled meanwhile, submitted after
+        them, has a higher entry id but could not draw from them; replaying by id alone would
+        let it. Called in the done-callback right after the lots are applied: the writer is
+        FIFO, so this op stores the highest entry id at a point after every entry the book
+        applied before the lots and before every entry it applies after them, and replay
+        (ledger/lots.py) lets only entries above it draw from them.
+
+        Fire-and-forget: the grant has committed and must neither wait for nor fail with its
+        mark. Without it (a failed write, a crash first) the lots replay as spendable from
+        their own entries, as before migration 6; after a crash the memory that differed is
+        gone, so only a failure while running is worth an error in the log."""
+        if not lot_ids:
+            return
+        try:
+            future = self.writer.submit(lambda conn: ops.mark_visible(conn, lot_ids))
+        except Exception as e:   # the writer has stopped: shutting down
+            log.error("could not record when lots %s became spendable: %r", lot_ids, e)
+            return
+
+        def logged(f: asyncio.Future[int]) -> None:
+            error = None if f.cancelled() else f.exception()
+            if f.cancelled() or error is not None:
+                log.error("could not record when lots %s became spendable: %r; a restart may draw them"
+                          " in another order than this process did", lot_ids, error)
+
+        future.add_done_callback(logged)
 
     async def commit(self, settlement: Settlement, generation: dict[str, Any],
                      content: dict[str, Any] | None = None) -> None:

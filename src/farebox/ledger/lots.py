@@ -15,14 +15,17 @@ amounts is the wallet's balance at every moment; `ledger verify` checks it.
 Lots are a sub-ledger of the wallet: drawing moves no money between accounts, so it
 posts no entry. What a lot has left is therefore derived, not stored: replaying the
 wallet's entries in order through `Lots` reproduces it exactly, which is how a restart
-rebuilds them and how verify re-derives them. Expiry and refunds do move money (wallet →
+rebuilds them and how verify re-derives them. Exactly means in the order the book saw
+them: a lot that joined the book only after its entry committed carries the entry id it
+became spendable after (`visible_after`), and the replay lets no earlier entry draw from it. Expiry and refunds do move money (wallet →
 expired, wallet → refunds) and name the lot they take from.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
+import heapq
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 KINDS = ("purchase", "bonus", "grant", "trial")
@@ -156,26 +159,47 @@ class Lots:
 
 
 def replay(entries: Iterable[tuple[int, str, str, int, int, str]],
-           stored: dict[int, tuple[str, int | None, str | None]]) -> dict[str, Lots]:
+           stored: dict[int, tuple[str, int | None, str | None]],
+           visible_after: Mapping[int, int] | None = None) -> dict[str, Lots]:
     """Rebuild every wallet's lots from its entries, in id order: (id, from, to, amount,
-    created_at ms, reference) rows, and the stored lot rows by entry id (kind, expiry,
-    purchase). Credit without a stored lot (older databases) is a grant that never
+    created_at ms, reference) rows, the stored lot rows by entry id (kind, expiry,
+    purchase), and, by entry id, the entry id after which a lot became spendable
+    (`visible_after`). Credit without a stored lot (older databases) is a grant that never
     expires; an `expire:lot:<id>...` or `refund:lot:<id>...` entry takes from the lot it
     names (as does a `transfer:lot:<id>...` entry, whose credit becomes a lot of the same kind,
     expiry and purchase in the receiving wallet); any other money out of a wallet is drawn in order. Raises AssertionError when
-    the entries spend more than the lots hold."""
+    the entries spend more than the lots hold, or name a lot they could not see.
+
+    A lot with a `visible_after` joins the live lots only when the replay passes that id, so
+    an entry the book applied before the lot was there (a charge settled while the lot's
+    entry was committing: a higher id, yet it could not draw from it) does not draw from it
+    here either. Without one, a lot is live from its own entry on."""
+    visible = visible_after or {}
     wallets: dict[str, Lots] = {}
+    waiting: list[tuple[int, int, str, Lot]] = []  # heap of (visible after, lot id, wallet, lot)
     for entry_id, source, target, amount, created_at, reference in entries:
+        while waiting and waiting[0][0] < entry_id:
+            _, _, account, lot = heapq.heappop(waiting)
+            wallets[account].add(lot)
         if target.endswith(":wallet"):
             kind, expires, purchase = stored.get(entry_id, ("grant", None, None))
-            wallets.setdefault(target, Lots()).add(Lot(entry_id, kind, amount, created_at, expires, purchase=purchase))
+            lot = Lot(entry_id, kind, amount, created_at, expires, purchase=purchase)
+            lots = wallets.setdefault(target, Lots())
+            after = visible.get(entry_id, entry_id)
+            if after > entry_id:
+                heapq.heappush(waiting, (after, entry_id, target, lot))
+            else:
+                lots.add(lot)
         if source.endswith(":wallet"):
             lots = wallets.setdefault(source, Lots())
             named = named_lot(reference)
             if named is None:
                 lots.draw(amount)
             else:
+                assert named in lots.by_id, f"entry {entry_id} takes from lot {named}, not (yet) in {source}"
                 lots.take(named, amount)
+    for _, _, account, lot in waiting:  # visible after the last wallet entry: nothing drew from them
+        wallets[account].add(lot)
     return wallets
 
 

@@ -313,4 +313,23 @@ ALTER TABLE generations ADD COLUMN is_byok INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE generations ADD COLUMN byok_cost INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE generations ADD COLUMN settled_at INTEGER;
 """),
+    (6, """
+-- When a lot became spendable (issue 5 follow-up). A grant's, purchase's or failed refund's
+-- lot joins the in-memory book only once its entry has committed, so a charge settled in
+-- the meantime has a higher entry id yet could not draw from it. `visible_after` is the
+-- highest entry id at the moment the lot joined the book (set by a later write from the
+-- same FIFO writer); replaying the entries (ledger/lots.py) lets only entries above it draw
+-- from the lot. NULL (older rows, or a crash before the marker was written): the lot is
+-- spendable from its own entry on.
+ALTER TABLE lots ADD COLUMN visible_after INTEGER;
+-- Lots stay append-only. The single update allowed is setting visible_after once, from NULL
+-- to an entry id at or above the lot's own, with every other column unchanged; any other
+-- update (and any delete, lots_append_only_delete) is refused.
+DROP TRIGGER lots_append_only_update;
+CREATE TRIGGER lots_append_only_update BEFORE UPDATE ON lots
+WHEN OLD.visible_after IS NOT NULL OR NEW.visible_after IS NULL OR NEW.visible_after < OLD.entry_id
+    OR NEW.entry_id IS NOT OLD.entry_id OR NEW.org_id IS NOT OLD.org_id OR NEW.kind IS NOT OLD.kind
+    OR NEW.expires_at IS NOT OLD.expires_at OR NEW.purchase_id IS NOT OLD.purchase_id
+BEGIN SELECT RAISE(ABORT, 'lots are append-only'); END;
+"""),
 ]

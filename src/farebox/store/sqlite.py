@@ -273,15 +273,34 @@ def transfer(conn: sqlite3.Connection, entries: list[Entry], lots: list[tuple[st
     return ids
 
 
-def wallet_history(conn: sqlite3.Connection) -> tuple[Any, dict[int, tuple[str, int | None, str | None]]]:
-    """Every entry into or out of a wallet in id order, and the stored lots: what
-    `ledger.lots.replay` rebuilds the lots from."""
+def mark_visible(conn: sqlite3.Connection, lot_ids: list[int]) -> int:
+    """Record that the lots `lot_ids` joined the in-memory book just now: their
+    `visible_after` becomes the highest entry id stored so far. The writer runs operations in
+    submission order, so every entry applied in memory before the lots appeared (submitted
+    before this) has an id at or below it, and every entry applied after has a higher one.
+    A lot already marked keeps its mark. Returns the id recorded."""
+    (top,) = conn.execute("SELECT MAX(id) FROM entries").fetchone()
+    conn.executemany("UPDATE lots SET visible_after = ? WHERE entry_id = ? AND visible_after IS NULL",
+                     [(top, lot_id) for lot_id in lot_ids])
+    return int(top)
+
+
+def wallet_history(conn: sqlite3.Connection) -> tuple[Any, dict[int, tuple[str, int | None, str | None]],
+                                                      dict[int, int]]:
+    """Every entry into or out of a wallet in id order, the stored lots (kind, expiry,
+    purchase) and, for the lots marked with it, the entry id after which each became
+    spendable: what `ledger.lots.replay` rebuilds the lots from."""
     entries = conn.execute(
         "SELECT id, from_account, to_account, amount, created_at, reference FROM entries"
         " WHERE to_account LIKE '%:wallet' OR from_account LIKE '%:wallet' ORDER BY id")
-    stored = {eid: (kind, expires, purchase) for eid, kind, expires, purchase in
-              conn.execute("SELECT entry_id, kind, expires_at, purchase_id FROM lots")}
-    return entries, stored
+    stored: dict[int, tuple[str, int | None, str | None]] = {}
+    visible: dict[int, int] = {}
+    for eid, kind, expires, purchase, after in conn.execute(
+            "SELECT entry_id, kind, expires_at, purchase_id, visible_after FROM lots"):
+        stored[eid] = (kind, expires, purchase)
+        if after is not None:
+            visible[eid] = after
+    return entries, stored, visible
 
 
 def ensure_account(conn: sqlite3.Connection, account: str, org_id: int | None, kind: str) -> None:
