@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 from farebox.catalog.model import Catalog, Endpoint
+from farebox.choices import choice_text, excludes_reasoning, native_finish, strip_reasoning, substantive
 from farebox.clock import Clock
 from farebox.errors import FareboxError, Forbidden, InsufficientCredits, UpstreamTimeout
+from farebox.generation import generation_record, logged_content, usage_wire
 from farebox.ledger.book import Hold, Settlement, Shortfall
 from farebox.ledger.byok import ByokMeter
 from farebox.ledger.caps import Cap
@@ -33,7 +35,7 @@ from farebox.ledger.pricing import (
     max_cost,
 )
 from farebox.limits.admission import Admission
-from farebox.money import percent_bps, round_up_to_nanos, usd_json
+from farebox.money import percent_bps
 from farebox.providers.base import Call, Dialect, Reply, UpstreamStream, normalize_finish
 from farebox.routing.router import Router
 from farebox.settings import Settings
@@ -125,20 +127,6 @@ class _Abandoned(Exception):
         self.endpoint, self.hold, self.attempts, self.byok = endpoint, hold, attempts, byok
 
 
-_SUBSTANCE = ("content", "reasoning", "reasoning_content", "tool_calls", "refusal", "reasoning_details")
-
-
-def _substantive(choices: list[dict[str, Any]]) -> bool:
-    """Does a chunk carry anything but an empty role announcement?"""
-    for choice in choices:
-        if choice.get("finish_reason") or choice.get("text"):  # text: legacy completions
-            return True
-        delta = choice.get("delta")
-        if delta and any(delta.get(k) for k in _SUBSTANCE):
-            return True
-    return False
-
-
 # Errors that mean the workspace's own key (not the endpoint) is at fault: they fall back to
 # shared capacity without counting against the endpoint's health.
 _OWN_KEY_FAULTS = frozenset({"authentication", "permission_denied", "payment_required", "rate_limit_exceeded"})
@@ -146,33 +134,6 @@ _OWN_KEY_FAULTS = frozenset({"authentication", "permission_denied", "payment_req
 _API_NAMES = {"chat": "chat completions", "completion": "legacy completions", "embedding": "embeddings"}
 _OBJECTS = {"chat": "chat.completion", "completion": "text_completion"}
 _CHUNK_OBJECTS = {"chat": "chat.completion.chunk", "completion": "text_completion"}
-
-
-def _choice_text(choice: dict[str, Any]) -> str:
-    """The visible text of one choice of a chat or legacy completion reply."""
-    message = choice.get("message")
-    text = message.get("content") if isinstance(message, dict) else choice.get("text")
-    return text if isinstance(text, str) else ""
-
-
-def _excludes_reasoning(body: dict[str, Any]) -> bool:
-    """`reasoning.exclude: true` (or the deprecated `include_reasoning: false`): the model
-    still reasons, and is billed for it, but the client does not receive the text."""
-    reasoning = body.get("reasoning")
-    return (isinstance(reasoning, dict) and reasoning.get("exclude") is True) or body.get("include_reasoning") is False
-
-
-def _strip_reasoning(message: dict[str, Any]) -> None:
-    for name in ("reasoning", "reasoning_content", "reasoning_details"):
-        message.pop(name, None)
-
-
-def _native_finish(choice: dict[str, Any]) -> str | None:
-    """The provider's own finish reason. Dialects that translate (Anthropic, Gemini) set
-    `native_finish_reason` beside an already normalized `finish_reason`; for OpenAI
-    dialect upstreams the two are the same field."""
-    native = choice.get("native_finish_reason")
-    return native if isinstance(native, str) else choice.get("finish_reason")
 
 
 class Relay:
@@ -373,23 +334,23 @@ class Relay:
                               attempts: list[dict[str, Any]], started: float, byok: bool = False) -> dict[str, Any]:
         choices = body.get("choices") or ()  # embeddings have none
         native = finish = None
-        exclude = _excludes_reasoning(req.body)
+        exclude = excludes_reasoning(req.body)
         for choice in choices:
             if exclude and isinstance(choice.get("message"), dict):
-                _strip_reasoning(choice["message"])
-            native_c = _native_finish(choice)
+                strip_reasoning(choice["message"])
+            native_c = native_finish(choice)
             choice["native_finish_reason"] = native_c
             choice["finish_reason"] = normalize_finish(choice.get("finish_reason"))
             if native is None:
                 native, finish = native_c, choice["finish_reason"]
         if usage is None:
-            text = "".join(_choice_text(c) for c in choices)
+            text = "".join(choice_text(c) for c in choices)
             usage = Usage(prompt_tokens=req.prompt.estimate(), completion_tokens=estimate_text_tokens(text),
                           estimated=True)
         usage.images = req.prompt.images
         outcome = Outcome(endpoint, usage, native, finish, upstream_id,
                           self.clock.monotonic(), attempts=attempts, attempt_started=started, byok=byok,
-                          completion_text="".join(_choice_text(c) for c in choices) if req.logging else None)
+                          completion_text="".join(choice_text(c) for c in choices) if req.logging else None)
         cost, settlement = await self._settle(req, hold, outcome)
         body["id"] = req.gen_id
         body["provider"] = endpoint.provider.name
@@ -465,7 +426,7 @@ class Relay:
                     choices = chunk.get("choices")
                     if choices:
                         held.append(chunk)
-                        if _substantive(choices):
+                        if substantive(choices):
                             return upstream, held, False
         except TimeoutError:
             if upstream is not None:
@@ -489,7 +450,7 @@ class Relay:
         finish: str | None = None
         error: FareboxError | None = None
         first_token_at = self.clock.monotonic()
-        exclude = _excludes_reasoning(req.body)
+        exclude = excludes_reasoning(req.body)
         pending = iter(held)
         chunk = next(pending, None)
         try:
@@ -503,7 +464,7 @@ class Relay:
                     chunk["model"] = endpoint.model_id
                     for choice in choices:
                         reason = choice.get("finish_reason")
-                        native_c = _native_finish(choice)
+                        native_c = native_finish(choice)
                         choice["native_finish_reason"] = native_c
                         if reason:
                             native = native_c
@@ -517,8 +478,8 @@ class Relay:
                             if isinstance(piece, str):
                                 text.append(piece)
                         if exclude and delta:
-                            _strip_reasoning(delta)
-                    if not exclude or _substantive(choices) or tokens == 0:
+                            strip_reasoning(delta)
+                    if not exclude or substantive(choices) or tokens == 0:
                         await sink.chunk(chunk)
                 chunk = next(pending, None)
                 if chunk is None and not ended:
@@ -588,9 +549,10 @@ class Relay:
         if settlement.overrun:
             log.warning("overrun on %s: %s billed %d nano-dollars beyond the hold of %d", req.gen_id,
                         endpoint.provider.name, settlement.overrun, hold_amount)
-        record = self._record(req, outcome, cost, settlement, hold_amount, listed)
+        record = generation_record(req, outcome, cost, settlement, hold_amount, listed, self.clock.monotonic(),
+                                   self.clock.now_ms())
         try:
-            await self.ledger.commit(settlement, record, self._content(req, outcome))
+            await self.ledger.commit(settlement, record, logged_content(req, outcome))
         except BaseException:
             if listed and self.byok_meter is not None:
                 self.byok_meter.remove(req.org.id, listed, now)
@@ -599,65 +561,3 @@ class Relay:
             self.admission.used(req.key, outcome.usage.prompt_tokens + outcome.usage.completion_tokens)
         self.router.served(req, outcome)
         return cost, settlement
-
-    def _content(self, req: ChatRequest, outcome: Outcome) -> dict[str, Any] | None:
-        """What prompt logging keeps: only for organizations that opted in."""
-        if not req.logging:
-            return None
-        body = req.body
-        prompt = {k: body[k] for k in ("messages", "prompt", "input") if k in body}
-        return {"request": prompt, "completion": outcome.completion_text or ""}
-
-    def _record(self, req: ChatRequest, o: Outcome, cost: Cost, settlement: Settlement,
-                hold_amount: int, listed: int = 0) -> dict[str, Any]:
-        now = self.clock.monotonic()
-        u = o.usage
-        body = req.body
-        return {
-            "id": req.gen_id, "org_id": req.org.id, "workspace_id": req.key.workspace_id, "key_hash": req.key.hash,
-            "project_id": req.project.id if req.project is not None else None, "settled_at_ms": self.clock.now_ms(),
-            "created_at_ms": req.created_ms, "model": o.endpoint.model_id, "provider_name": o.endpoint.provider.name,
-            "endpoint_id": o.endpoint.id, "upstream_id": o.upstream_id, "streamed": req.stream,
-            "cancelled": o.cancelled, "latency_ms": round((now - req.started) * 1000),
-            "generation_time_ms": round((now - o.first_token_at) * 1000) if o.first_token_at else None,
-            "finish_reason": o.finish, "native_finish_reason": o.native_finish,
-            "tokens_prompt": u.prompt_tokens, "tokens_completion": u.completion_tokens,
-            "native_tokens_reasoning": u.reasoning_tokens, "native_tokens_cached": u.cached_tokens,
-            "native_tokens_cache_write": u.cache_write_tokens, "usage_estimated": u.estimated,
-            "num_media_prompt": req.prompt.images, "total_cost_nanos": settlement.charged + settlement.overrun,
-            "charged_nanos": settlement.charged, "overrun_nanos": settlement.overrun, "hold_nanos": hold_amount,
-            "cost_items_attos": cost.items(), "cache_discount_attos": cost.cache_discount,
-            "provider_responses": o.attempts, "http_referer": req.http_referer, "app_title": req.title,
-            "user_agent": req.user_agent, "external_user": body.get("user") if isinstance(body.get("user"), str) else None,
-            "session_id": body.get("session_id") if isinstance(body.get("session_id"), str) else None,
-            "requested_model": req.models[0], "api_type": "embeddings" if req.api == "embedding" else "completions",
-            "is_byok": o.byok, "byok_cost_nanos": listed, "logged": req.logging,
-        }
-
-
-def usage_wire(usage: Usage, cost: Cost, settlement: Settlement, api: str = "chat", byok: bool = False) -> dict[str, Any]:
-    """The `usage` block. `cost` is what the balance paid; on the workspace's own key (BYOK)
-    that is the fee, and `cost_details.upstream_inference_cost` is the provider's list-price
-    cost, paid to the provider directly: the true total is their sum, only then."""
-    upstream = usd_json(cost.listed)
-    if api == "embedding":
-        return {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.prompt_tokens,
-                "cost": usd_json(settlement.charged), "is_byok": byok,
-                "cost_details": {"upstream_inference_cost": upstream}}
-    return {
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
-        "cost": usd_json(settlement.charged),
-        "is_byok": byok,
-        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens, "cache_write_tokens": usage.cache_write_tokens,
-                                  "audio_tokens": 0, "video_tokens": 0},
-        "cost_details": {
-            "upstream_inference_cost": upstream,
-            "upstream_inference_prompt_cost": usd_json(round_up_to_nanos(
-                cost.prompt + cost.cache_read + cost.cache_write + cost.request + cost.image)),
-            "upstream_inference_completions_cost": usd_json(round_up_to_nanos(cost.completion + cost.reasoning)),
-        },
-        "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens, "image_tokens": 0,
-                                      "audio_tokens": 0},
-    }
