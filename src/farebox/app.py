@@ -139,7 +139,11 @@ class Gateway:
                                notify=lambda *event: self.watch.notify(*event))
         self.payments.topup = self.topup
         self.topup.load(conn)
-        self.watch = BalanceWatch(profiles=self.profiles, topup=self.topup, clock=self.clock, org_name=org_name)
+        def active_members(org_id: int, emails: tuple[str, ...]) -> tuple[str, ...]:
+            return tuple(e for e in emails if (m := self.members.by_email(org_id, e)) is not None and m.active)
+
+        self.watch = BalanceWatch(profiles=self.profiles, topup=self.topup, clock=self.clock, org_name=org_name,
+                                  recipients=active_members)
         self.watch.load(conn, self.clock.now_ms())
         self.book.watch = self.watch
         self.alert_secret = (settings.alert_webhook_secret or read_or_create_secret(

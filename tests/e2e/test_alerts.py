@@ -254,6 +254,26 @@ def test_each_threshold_alerts_once_by_email_and_signed_webhook(alerting: Gatewa
     assert urgent_hook["id"] != hook["id"]
 
 
+def test_an_alert_skips_recipients_no_longer_members(alerting: Gateway, inbox: Inbox, hook_url: str):
+    """Recipients are checked when the alert goes out, not only when the thresholds were saved."""
+    gw = alerting
+    gw.org("bravo", "5.00")
+    key, _ = gw.key("bravo")
+    recipients(gw, "bravo", "stays@bravo.example", "leaves@bravo.example")
+    status, body = put_alerts(gw, "bravo", [{"name": "warning", "below": "4.9999",
+                                             "emails": ["stays@bravo.example", "leaves@bravo.example"],
+                                             "webhooks": [hook_url]}])
+    assert status == 200, body
+    members = gw.admin("GET", "/organization/members?organization=bravo")["data"]
+    leaving = next(m["id"] for m in members if m["email"] == "leaves@bravo.example")
+    gw.admin("DELETE", f"/organization/members/{leaving}?organization=bravo")
+    spend(gw, key, 1000)
+    inbox.wait("warning", 1)
+    [mail] = inbox.emails_for("warning")
+    assert [a.addr_spec for a in mail["To"].addresses] == ["stays@bravo.example"]
+    assert not any("leaves@bravo.example" in rcpts for _, rcpts in inbox.envelopes)
+
+
 # -- 2. re-arming ---------------------------------------------------------------------------------
 
 def test_a_threshold_rearms_when_the_balance_rises_above_it(alerting: Gateway, inbox: Inbox, hook_url: str):

@@ -12,6 +12,7 @@ every wallet change (`Book.watch`), synchronously, so it only decides; anything 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import sqlite3
 from collections.abc import Callable
@@ -29,8 +30,12 @@ DAY_MS = 86_400_000
 
 class BalanceWatch:
     def __init__(self, *, profiles: Profiles, topup: AutoTopUp, clock: Clock, org_name: Callable[[int], str],
-                 spend_days: int = 7) -> None:
+                 spend_days: int = 7,
+                 recipients: Callable[[int, tuple[str, ...]], tuple[str, ...]] | None = None) -> None:
         self.profiles, self.topup, self.clock, self.org_name = profiles, topup, clock, org_name
+        # Alert recipients are members: addresses are checked again when an alert goes out, so
+        # a member deleted or disabled since the thresholds were saved gets nothing.
+        self.recipients = recipients or (lambda org_id, emails: emails)
         self.alerts = Alerts(profiles.thresholds)
         self.spend: dict[int, SpendWindow] = {}
         self.spend_days = spend_days
@@ -80,6 +85,9 @@ class BalanceWatch:
             self._start(self.profiles.update(org_id, alerts_disarmed=state))
         for alert in fired:
             log.info("organization %s: balance %s crossed below %s", org_id, after, alert.threshold.name)
+            emails = self.recipients(org_id, alert.threshold.emails)
+            if emails != alert.threshold.emails:
+                alert = dataclasses.replace(alert, threshold=dataclasses.replace(alert.threshold, emails=emails))
             if self.notifier is not None:   # it logs what it could not deliver
                 self._start(self.notifier.deliver(alert))
 
@@ -87,7 +95,8 @@ class BalanceWatch:
         """An account event (e.g. auto top-up disabled) to every alert recipient of the
         organization and its billing email."""
         profile = self.profiles.get(org_id)
-        emails = sorted({e for t in profile.alerts for e in t.emails} | ({profile.email} if profile.email else set()))
+        members = {e for t in profile.alerts for e in self.recipients(org_id, t.emails)}
+        emails = sorted(members | ({profile.email} if profile.email else set()))
         webhooks = sorted({w for t in profile.alerts for w in t.webhooks})
         if self.notifier is None or not (emails or webhooks):
             log.warning("organization %s: %s, and no one to tell", org_id, kind)
