@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+from farebox.api import fields
 from farebox.api.http import Request, Response, json_response, parse_iso
 from farebox.api.wire import key_wire, org_wire
 from farebox.billing.purchases import Quote
@@ -20,7 +21,7 @@ from farebox.errors import BadRequest, NotFound
 from farebox.ledger.entries import SYSTEM_ACCOUNTS
 from farebox.ledger.usage import PERIODS
 from farebox.ledger.verify import verify_memory, verify_store
-from farebox.money import MoneyFormatError, parse_usd, usd_json
+from farebox.money import usd_json
 from farebox.tenancy import access
 from farebox.tenancy.access import Principal
 from farebox.tenancy.records import KeyRecord
@@ -28,7 +29,6 @@ from farebox.tenancy.records import KeyRecord
 if TYPE_CHECKING:
     from farebox.app import Gateway
 
-NAME_MAX = 128
 BODY_MAX = 64 * 1024
 
 
@@ -41,24 +41,10 @@ async def _body(req: Request) -> dict[str, Any]:
 
 
 def _name(body: dict[str, Any], field: str = "name") -> str:
-    name = body.get(field)
-    if not isinstance(name, str) or not name.strip() or len(name) > NAME_MAX:
-        raise BadRequest(f"{field} must be a non-empty string of at most {NAME_MAX} characters", field=field)
-    return name.strip()
+    return fields.name(body.get(field), field)
 
 
-def _usd(value: Any, field: str, *, allow_zero: bool = True) -> int:
-    """A USD amount from JSON: a decimal string ("25.00") or a number (25.5, read by its
-    shortest decimal form, which is what the sender wrote)."""
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise BadRequest(f"{field} must be a USD amount such as \"25.00\"", field=field)
-    try:
-        nanos = parse_usd(repr(value) if isinstance(value, float) else value)
-    except MoneyFormatError as e:
-        raise BadRequest(f"{field}: {e}", field=field) from None
-    if nanos == 0 and not allow_zero:
-        raise BadRequest(f"{field} must be more than zero", field=field)
-    return nanos
+_usd = fields.usd
 
 
 # -- organizations and credits ---------------------------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from farebox.api import fields
 from farebox.api.http import Request, Response, iso, json_response
 from farebox.errors import BadRequest, NotFound
 from farebox.tenancy import access
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
     from farebox.app import Gateway
 
 BODY_MAX = 64 * 1024
-NAME_MAX = 128
 API_KEY_MAX = 4096
 
 
@@ -45,12 +45,6 @@ def _api_key(value: Any) -> str:
         raise BadRequest(f"api_key must be the provider's API key: 1 to {API_KEY_MAX} visible ASCII characters,"
                          " no spaces", field="api_key")
     return value
-
-
-def _name(value: Any) -> str:
-    if not isinstance(value, str) or not value.strip() or len(value) > NAME_MAX:
-        raise BadRequest(f"name must be a non-empty string of at most {NAME_MAX} characters", field="name")
-    return value.strip()
 
 
 def _bool(body: dict[str, Any], field: str) -> bool:
@@ -114,7 +108,7 @@ async def create_credential(gw: Gateway, req: Request) -> Response:
     access.require(principal, "byok.write", workspace_id=workspace_id)
     provider = _provider(gw, body.get("provider"))
     api_key = _api_key(body.get("api_key"))
-    name = _name(body["name"]) if body.get("name") is not None else gw.catalog.providers[provider].name
+    name = fields.name(body["name"]) if body.get("name") is not None else gw.catalog.providers[provider].name
     always_use = _bool(body, "always_use") if "always_use" in body else False
     cred = await gw.credentials.create(org.id, workspace_id, provider, api_key, name=name, always_use=always_use,
                                        created_by=principal.actor)
@@ -134,7 +128,7 @@ async def patch_credential(gw: Gateway, req: Request) -> Response:
     cred = _credential(gw, principal, org, req, "byok.write")
     changes: dict[str, Any] = {}
     if "name" in body:
-        changes["name"] = _name(body["name"])
+        changes["name"] = fields.name(body["name"])
     if "api_key" in body:
         changes["api_key"] = _api_key(body["api_key"])
     for field in ("always_use", "disabled"):

@@ -15,7 +15,8 @@ import re
 import sqlite3
 from typing import TYPE_CHECKING, Any
 
-from farebox.api.admin import _usd, quote_wire
+from farebox.api.admin import quote_wire
+from farebox.api.fields import usd as _usd
 from farebox.api.http import Request, Response, iso, json_response
 from farebox.billing import invoices
 from farebox.billing.alerts import Threshold, one_line

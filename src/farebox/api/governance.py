@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from farebox.api.admin import _usd
+from farebox.api.fields import name as valid_name
+from farebox.api.fields import usd as _usd
 from farebox.api.http import Request, Response, iso, json_response
 from farebox.api.wire import project_wire, workspace_wire
 from farebox.errors import BadRequest, Forbidden, NotFound
@@ -24,7 +25,7 @@ from farebox.money import usd_json
 from farebox.tenancy import access
 from farebox.tenancy.access import Principal
 from farebox.tenancy.records import PRIVACY, Organization, Project, Workspace
-from farebox.tenancy.workspaces import check_budgets, check_privacy, valid_name
+from farebox.tenancy.workspaces import check_budgets, check_privacy
 
 if TYPE_CHECKING:
     from farebox.app import Gateway

@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
+from farebox.api import fields
 from farebox.api.http import Request, Response, iso, json_response
 from farebox.errors import BadRequest, Forbidden, Unauthorized
 from farebox.tenancy import access
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
 
 BODY_MAX = 64 * 1024
 PASSWORD_MIN, PASSWORD_MAX = 8, 1024
-NAME_MAX = 128
 EMAIL_MAX = 254
 WORKSPACES_MAX = 1000
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s.]+")
@@ -67,8 +67,8 @@ def _role(value: Any) -> str:
 def _name(value: Any) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or len(value) > NAME_MAX or "\n" in value or "\r" in value:
-        raise BadRequest(f"name must be a one-line string of at most {NAME_MAX} characters, or null", field="name")
+    if not isinstance(value, str) or len(value) > fields.NAME_MAX or "\n" in value or "\r" in value:
+        raise BadRequest(f"name must be a one-line string of at most {fields.NAME_MAX} characters, or null", field="name")
     return value.strip() or None
 
 
