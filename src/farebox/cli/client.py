@@ -10,6 +10,7 @@ import urllib.request
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -55,3 +56,8 @@ def call(url: str | None, method: str, path: str, body: dict[str, Any] | None = 
         raise ClientError(e.code, message) from None
     except urllib.error.URLError as e:
         raise ClientError(0, f"Cannot reach Farebox at {server_url(url)}: {e.reason}") from None
+
+
+def query(org: str | None, **params: Any) -> str:
+    """A query string naming the organization and the given parameters, leaving out Nones."""
+    return urlencode({k: v for k, v in {"organization": org, **params}.items() if v is not None})

@@ -11,12 +11,12 @@ import urllib.request
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 import typer
 from rich.markup import escape
 
-from farebox.cli.client import ClientError, management_key, server_url
+from farebox.cli.client import ClientError, management_key, query, server_url
 from farebox.cli.manage import JSON, URL, _call, _fail, _print_json, _table, console, credits, err
 
 # -- credits (issue 5): each command acts on one organization through the HTTP API ------------
@@ -35,9 +35,6 @@ def _when(iso: str | None) -> str:
 
 
 
-def _query(org: str | None, **params: str | None) -> str:
-    pairs = {"organization": org, **params}
-    return urlencode({k: v for k, v in pairs.items() if v is not None})
 
 
 def _download(url: str | None, path: str) -> bytes:
@@ -86,7 +83,7 @@ def credits_packages(org: str = typer.Option(None, "--org", help="Organization n
                                              "for all; accepted for symmetry)."),
                      url: str = URL, as_json: bool = JSON) -> None:
     """The credit packages with their bonuses, the fees per payment method, and the limits."""
-    data = _call(url, "GET", f"/api/v1/credits/packages?{_query(org)}")["data"]
+    data = _call(url, "GET", f"/api/v1/credits/packages?{query(org)}")["data"]
     if as_json:
         _print_json(data)
         return
@@ -107,7 +104,7 @@ def credits_quote(amount: str = typer.Option(..., "--amount", help="Credits to b
                   org: str = typer.Option(None, "--org", help="Organization name (a quote is the same for all)."),
                   url: str = URL, as_json: bool = JSON) -> None:
     """What buying that many credits charges and brings (fee, tax, bonus), before paying."""
-    data = _call(url, "GET", f"/api/v1/credits/quote?{_query(org, amount=amount, method=method)}")["data"]
+    data = _call(url, "GET", f"/api/v1/credits/quote?{query(org, amount=amount, method=method)}")["data"]
     _print_json(data) if as_json else console.print(_quote_line(data))
 
 
@@ -155,7 +152,7 @@ def credits_lots(org: str = ORG,
                  everything: bool = typer.Option(False, "--all", help="Include spent and expired lots."),
                  url: str = URL, as_json: bool = JSON) -> None:
     """The lots credit is drawn from, in draw order (promotional first, soonest expiry first)."""
-    data = _call(url, "GET", f"/api/v1/credits/lots?{_query(org, all='1' if everything else None)}")["data"]
+    data = _call(url, "GET", f"/api/v1/credits/lots?{query(org, all='1' if everything else None)}")["data"]
     if as_json:
         _print_json(data)
         return
@@ -169,7 +166,7 @@ def credits_lots(org: str = ORG,
 @credits.command("purchases")
 def credits_purchases(org: str = ORG, url: str = URL, as_json: bool = JSON) -> None:
     """Purchases (card, bank, crypto, top-ups) with their invoices and refunds."""
-    data = _call(url, "GET", f"/api/v1/credits/purchases?{_query(org)}")["data"]
+    data = _call(url, "GET", f"/api/v1/credits/purchases?{query(org)}")["data"]
     if as_json:
         _print_json(data)
         return
@@ -216,7 +213,7 @@ def credits_topup(org: str = ORG,
     """Show auto top-up, or change it with any of the options (the others keep their value).
     Enabling needs a card saved by an earlier `buy`."""
     if enabled is None and threshold is None and amount is None:
-        data = _call(url, "GET", f"/api/v1/credits/auto-topup?{_query(org)}")["data"]
+        data = _call(url, "GET", f"/api/v1/credits/auto-topup?{query(org)}")["data"]
     else:
         body: dict[str, Any] = {"organization": org}
         for name, value in (("enabled", enabled), ("threshold", threshold), ("amount", amount)):
@@ -229,7 +226,7 @@ def credits_topup(org: str = ORG,
 @credits.command("topups")
 def credits_topups(org: str = ORG, url: str = URL, as_json: bool = JSON) -> None:
     """Auto top-up history, newest first."""
-    data = _call(url, "GET", f"/api/v1/credits/topups?{_query(org)}")["data"]
+    data = _call(url, "GET", f"/api/v1/credits/topups?{query(org)}")["data"]
     if as_json:
         _print_json(data)
         return
@@ -271,7 +268,7 @@ def credits_alerts(org: str = ORG,
         raise typer.BadParameter("name the thresholds with --set: the new list replaces the old one",
                                  param_hint="--set")
     if not clear and not thresholds:
-        data = _call(url, "GET", f"/api/v1/credits/alerts?{_query(org)}")["data"]
+        data = _call(url, "GET", f"/api/v1/credits/alerts?{query(org)}")["data"]
     else:
         items: dict[str, dict[str, Any]] = {}
         for name, below in _pairs(thresholds, "--set"):
@@ -301,7 +298,7 @@ def credits_alerts(org: str = ORG,
 @credits.command("invoices")
 def credits_invoices(org: str = ORG, url: str = URL, as_json: bool = JSON) -> None:
     """Invoices, one per purchase and top-up; download one with `farebox credits invoice N`."""
-    data = _call(url, "GET", f"/api/v1/credits/invoices?{_query(org)}")["data"]
+    data = _call(url, "GET", f"/api/v1/credits/invoices?{query(org)}")["data"]
     if as_json:
         _print_json(data)
         return
@@ -321,7 +318,7 @@ def credits_invoice(number: int = typer.Argument(..., metavar="N", help="The inv
     """Download an invoice: --pdf FILE and/or --html FILE; with neither, the HTML to stdout."""
     for fmt, out in (("pdf", pdf), ("html", html)):
         if out is not None or (fmt == "html" and pdf is None):
-            _write(_download(url, f"/api/v1/credits/invoices/{number}.{fmt}?{_query(org)}"), out, f"invoice {number}")
+            _write(_download(url, f"/api/v1/credits/invoices/{number}.{fmt}?{query(org)}"), out, f"invoice {number}")
 
 
 @credits.command("statement")
@@ -333,5 +330,5 @@ def credits_statement(org: str = ORG,
                       out: Path = typer.Option(None, "--out", metavar="FILE", help="Write the CSV here, not stdout."),
                       url: str = URL) -> None:
     """Every movement of the balance in a period, with opening and closing balances, as CSV."""
-    path = f"/api/v1/credits/statement.csv?{_query(org, **{'from': start, 'to': end})}"
+    path = f"/api/v1/credits/statement.csv?{query(org, **{'from': start, 'to': end})}"
     _write(_download(url, path), out, "statement")

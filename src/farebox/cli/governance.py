@@ -7,11 +7,12 @@ back as exact decimals."""
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 import typer
 from rich.markup import escape
 
+from farebox.cli.client import query
 from farebox.cli.credits import _usd, _when
 from farebox.cli.manage import JSON, URL, _call, _print_json, _table, console, keys
 
@@ -33,8 +34,6 @@ DENY_RETENTION = typer.Option(None, "--deny-retention/--no-deny-retention",
 ZDR_ONLY = typer.Option(None, "--zdr-only/--no-zdr-only", help="Route only to zero-data-retention endpoints.")
 
 
-def _q(org: str, **params: Any) -> str:
-    return urlencode({"organization": org, **{k: v for k, v in params.items() if v is not None}})
 
 
 def _flags(**flags: bool | None) -> dict[str, bool]:
@@ -65,7 +64,7 @@ def _set_budget(url: str | None, path: str, org: str, period: str, amount: str |
         raise typer.BadParameter("give an AMOUNT to set the budget, or --clear to remove it (not both)")
     target = f"{path}/budgets/{quote(period, safe='')}"
     if clear:
-        return _call(url, "DELETE", f"{target}?{_q(org)}")["data"]
+        return _call(url, "DELETE", f"{target}?{query(org)}")["data"]
     return _call(url, "PUT", target, {"organization": org, "amount": amount})["data"]
 
 
@@ -87,7 +86,7 @@ def _workspace_out(data: Any, as_json: bool) -> None:
 @workspaces.command("list")
 def workspaces_list(org: str = ORG, url: str = URL, as_json: bool = JSON) -> None:
     """The organization's workspaces with their pools, budgets and privacy settings."""
-    data = _call(url, "GET", f"/api/v1/workspaces?{_q(org)}")["data"]
+    data = _call(url, "GET", f"/api/v1/workspaces?{query(org)}")["data"]
     _print_json(data) if as_json else _workspace_rows(data)
 
 
@@ -112,7 +111,7 @@ def workspaces_create(org: str = ORG, name: str = typer.Argument(..., metavar="N
 def workspaces_show(org: str = ORG, workspace_id: str = typer.Argument(..., metavar="WORKSPACE_ID"),
                     url: str = URL, as_json: bool = JSON) -> None:
     """One workspace, with its usage per period."""
-    data = _call(url, "GET", f"/api/v1/workspaces/{quote(workspace_id, safe='')}?{_q(org)}")["data"]
+    data = _call(url, "GET", f"/api/v1/workspaces/{quote(workspace_id, safe='')}?{query(org)}")["data"]
     if as_json:
         _print_json(data)
         return
@@ -147,7 +146,7 @@ def workspaces_update(org: str = ORG, workspace_id: str = typer.Argument(..., me
 def workspaces_delete(org: str = ORG, workspace_id: str = typer.Argument(..., metavar="WORKSPACE_ID"),
                       url: str = URL, as_json: bool = JSON) -> None:
     """Delete a workspace: its keys must be deleted and its pool emptied first."""
-    data = _call(url, "DELETE", f"/api/v1/workspaces/{quote(workspace_id, safe='')}?{_q(org)}")
+    data = _call(url, "DELETE", f"/api/v1/workspaces/{quote(workspace_id, safe='')}?{query(org)}")
     _print_json(data) if as_json else console.print(f"deleted workspace {escape(workspace_id)}")
 
 
@@ -183,7 +182,7 @@ def projects_list(org: str = ORG, workspace: str = typer.Option(None, "--workspa
                                                                 help="Only this workspace's projects."),
                   url: str = URL, as_json: bool = JSON) -> None:
     """Projects (requests name one with X-Farebox-Project or the `project` body field)."""
-    data = _call(url, "GET", f"/api/v1/projects?{_q(org, workspace_id=workspace)}")["data"]
+    data = _call(url, "GET", f"/api/v1/projects?{query(org, workspace_id=workspace)}")["data"]
     _print_json(data) if as_json else _project_rows(data)
 
 
@@ -203,7 +202,7 @@ def projects_create(org: str = ORG, name: str = typer.Argument(..., metavar="NAM
 def projects_show(org: str = ORG, project_id: str = typer.Argument(..., metavar="PROJECT_ID"),
                   url: str = URL, as_json: bool = JSON) -> None:
     """One project with its budgets and usage."""
-    _project_out(_call(url, "GET", f"{_project_path(project_id)}?{_q(org)}")["data"], as_json)
+    _project_out(_call(url, "GET", f"{_project_path(project_id)}?{query(org)}")["data"], as_json)
 
 
 @projects.command("rename")
@@ -217,7 +216,7 @@ def projects_rename(org: str = ORG, project_id: str = typer.Argument(..., metava
 def projects_delete(org: str = ORG, project_id: str = typer.Argument(..., metavar="PROJECT_ID"),
                     url: str = URL, as_json: bool = JSON) -> None:
     """Delete a project: requests naming it are refused from then on."""
-    data = _call(url, "DELETE", f"{_project_path(project_id)}?{_q(org)}")
+    data = _call(url, "DELETE", f"{_project_path(project_id)}?{query(org)}")
     _print_json(data) if as_json else console.print(f"deleted project {escape(project_id)}")
 
 
@@ -234,7 +233,7 @@ def projects_budget(org: str = ORG, project_id: str = typer.Argument(..., metava
 @transfers.command("list")
 def transfers_list(org: str = ORG, url: str = URL, as_json: bool = JSON) -> None:
     """Transfers between the organization's wallet and its workspaces' pools, oldest first."""
-    data = _call(url, "GET", f"/api/v1/transfers?{_q(org)}")["data"]
+    data = _call(url, "GET", f"/api/v1/transfers?{query(org)}")["data"]
     if as_json:
         _print_json(data)
         return
@@ -289,9 +288,9 @@ def _privacy_out(data: dict[str, Any], as_json: bool, where: str) -> None:
 def privacy_show(org: str = ORG, workspace: str = WORKSPACE, url: str = URL, as_json: bool = JSON) -> None:
     """The organization's privacy and prompt-logging settings (or one workspace's privacy)."""
     if workspace is None:
-        data = _call(url, "GET", f"/api/v1/organization/settings?{_q(org)}")["data"]
+        data = _call(url, "GET", f"/api/v1/organization/settings?{query(org)}")["data"]
     else:
-        data = _call(url, "GET", f"/api/v1/workspaces/{quote(workspace, safe='')}?{_q(org)}")["data"]["settings"]
+        data = _call(url, "GET", f"/api/v1/workspaces/{quote(workspace, safe='')}?{query(org)}")["data"]["settings"]
     _privacy_out(data, as_json, org if workspace is None else f"workspace {workspace}")
 
 

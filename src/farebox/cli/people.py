@@ -11,11 +11,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 import typer
 from rich.markup import escape
 
+from farebox.cli.client import query
 from farebox.cli.credits import _download, _usd, _when, _write
 from farebox.cli.manage import JSON, URL, _call, _print_json, _table, console, err
 
@@ -26,8 +27,6 @@ ORG = typer.Argument(..., metavar="ORG", help="Organization name or id.")
 ROLES_HELP = "owner, admin, member or viewer."
 
 
-def _q(org: str, **params: Any) -> str:
-    return urlencode({"organization": org, **{k: v for k, v in params.items() if v is not None}})
 
 
 def _secret(what: str, flag: str, from_stdin: bool, *, confirm: bool) -> str:
@@ -62,7 +61,7 @@ def _member_id(url: str | None, org: str, member: str) -> str:
     """A member's id, from its id or its email address."""
     if "@" not in member:
         return member
-    rows = _call(url, "GET", f"/api/v1/organization/members?{_q(org)}")["data"]
+    rows = _call(url, "GET", f"/api/v1/organization/members?{query(org)}")["data"]
     found = [m["id"] for m in rows if m["email"] == member.strip().lower()]
     if not found:
         err.print(f"[red]error[/red] no member with email {escape(member)} in {escape(org)}", soft_wrap=True)
@@ -81,7 +80,7 @@ def _workspace_ids(values: list[int] | None, every: bool) -> dict[str, Any]:
 @members.command("list")
 def members_list(org: str = ORG, url: str = URL, as_json: bool = JSON) -> None:
     """The organization's members with their roles and workspaces."""
-    data = _call(url, "GET", f"/api/v1/organization/members?{_q(org)}")["data"]
+    data = _call(url, "GET", f"/api/v1/organization/members?{query(org)}")["data"]
     _print_json(data) if as_json else _member_rows(data)
 
 
@@ -137,7 +136,7 @@ def members_remove(org: str = ORG, member: str = typer.Argument(..., metavar="ME
                    url: str = URL, as_json: bool = JSON) -> None:
     """Remove a member: their sessions end at once."""
     member_id = _member_id(url, org, member)
-    data = _call(url, "DELETE", f"/api/v1/organization/members/{quote(member_id, safe='')}?{_q(org)}")["data"]
+    data = _call(url, "DELETE", f"/api/v1/organization/members/{quote(member_id, safe='')}?{query(org)}")["data"]
     _print_json(data) if as_json else console.print(f"removed member {escape(member)} ({member_id})")
 
 
@@ -164,7 +163,7 @@ def byok_list(org: str = ORG, workspace: str = typer.Option(None, "--workspace",
                                                             help="Only this workspace's keys."),
               url: str = URL, as_json: bool = JSON) -> None:
     """Provider keys the organization brought (masked: the keys themselves are never shown)."""
-    data = _call(url, "GET", f"/api/v1/byok?{_q(org, workspace_id=workspace)}")["data"]
+    data = _call(url, "GET", f"/api/v1/byok?{query(org, workspace_id=workspace)}")["data"]
     _print_json(data) if as_json else _credential_rows(data)
 
 
@@ -215,7 +214,7 @@ def byok_update(org: str = ORG, credential_id: str = typer.Argument(..., metavar
 def byok_remove(org: str = ORG, credential_id: str = typer.Argument(..., metavar="ID"),
                 url: str = URL, as_json: bool = JSON) -> None:
     """Delete a provider key; requests use shared capacity again."""
-    data = _call(url, "DELETE", f"{_credential_path(credential_id)}?{_q(org)}")
+    data = _call(url, "DELETE", f"{_credential_path(credential_id)}?{query(org)}")
     _print_json(data) if as_json else console.print(f"removed provider key {escape(credential_id)}")
 
 
@@ -238,12 +237,12 @@ def activity(org: str = ORG,
              url: str = URL, as_json: bool = JSON) -> None:
     """Usage over the last 30 completed UTC days, grouped by day and GROUP-BY, with the
     average daily spend and the projected depletion date."""
-    query = _q(org, group_by=group_by, date=date, workspace_id=workspace, project_id=project, api_key_hash=key,
+    params = query(org, group_by=group_by, date=date, workspace_id=workspace, project_id=project, api_key_hash=key,
                user_id=member)
     if csv_out is not None:
-        _write(_download(url, f"/api/v1/activity.csv?{query}"), None if csv_out == "-" else Path(csv_out), "activity")
+        _write(_download(url, f"/api/v1/activity.csv?{params}"), None if csv_out == "-" else Path(csv_out), "activity")
         return
-    data = _call(url, "GET", f"/api/v1/activity?{query}")
+    data = _call(url, "GET", f"/api/v1/activity?{params}")
     if as_json:
         _print_json(data)
         return
