@@ -20,8 +20,6 @@ from farebox.store.writer import GroupWriter
 from farebox.tenancy.directory import DEFAULT_WORKSPACE, Directory
 from farebox.tenancy.records import PRIVACY, Organization, Project, Workspace
 
-NAME_MAX = 128
-
 
 def check_budgets(limits: dict[str, int]) -> None:
     """Budgets must grow with their period: a daily budget below the weekly one, and so on
@@ -205,10 +203,4 @@ class Workspaces:
         self.directory._index_project(project)
 
 
-def valid_name(value: Any, field: str = "name") -> str:
-    if not isinstance(value, str) or not value.strip() or len(value) > NAME_MAX:
-        raise BadRequest(f"{field} must be a non-empty string of at most {NAME_MAX} characters", field=field)
-    return value.strip()
-
-
-__all__ = ["DEFAULT_WORKSPACE", "Workspaces", "check_budgets", "check_privacy", "valid_name"]
+__all__ = ["DEFAULT_WORKSPACE", "Workspaces", "check_budgets", "check_privacy"]
