@@ -1,5 +1,5 @@
-"""Pooled upstream HTTP: one aiohttp session per provider, and the only place that
-catches transport exceptions and turns them into typed errors.
+"""Pooled upstream HTTP (`providers/client.py`, pools per provider), and the only place
+that catches transport exceptions and turns them into typed errors.
 
 Upstream HTTP error statuses are read here too: the dialect's `read_fault` names the
 kind of error from its body, and `faults.provider_error` decides our status and whether
@@ -12,48 +12,34 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-import aiohttp
 import orjson
 
 from farebox.catalog.model import Provider
 from farebox.errors import ProviderError, UpstreamTimeout
+from farebox.providers.client import Client, Response, TransportError
 from farebox.providers.faults import Fault, provider_error
 
 ERROR_BODY_MAX = 64 * 1024
 ReadFault = Callable[[int, Any], Fault]  # (HTTP status, parsed body or text) -> Fault
-_TRANSPORT = (aiohttp.ClientError, OSError, ValueError)  # ValueError: aiohttp's "line too long"
+_TRANSPORT = (TransportError, OSError)
 
 
 class Upstreams:
     def __init__(self, *, connect_timeout_s: float, idle_timeout_s: float, total_timeout_s: float,
-                 connections_max: int = 0) -> None:
-        self._sessions: dict[str, aiohttp.ClientSession] = {}
-        self._connections_max = connections_max
-        self.timeout = aiohttp.ClientTimeout(total=total_timeout_s, sock_connect=connect_timeout_s,
-                                             sock_read=idle_timeout_s)
-
-    def session(self, provider: Provider) -> aiohttp.ClientSession:
-        session = self._sessions.get(provider.slug)
-        if session is None:
-            connector = aiohttp.TCPConnector(limit=self._connections_max, ttl_dns_cache=300,
-                                             enable_cleanup_closed=True)
-            session = aiohttp.ClientSession(connector=connector, timeout=self.timeout,
-                                            json_serialize=lambda o: orjson.dumps(o).decode(),
-                                            read_bufsize=1 << 20, auto_decompress=True)
-            self._sessions[provider.slug] = session
-        return session
+                 connections_max: int = 0, keepalive_s: float = 15.0) -> None:
+        self.client = Client(connect_timeout_s=connect_timeout_s, idle_timeout_s=idle_timeout_s,
+                             total_timeout_s=total_timeout_s, connections_max=connections_max,
+                             keepalive_s=keepalive_s)
 
     async def close(self) -> None:
-        for session in self._sessions.values():
-            await session.close()
-        self._sessions.clear()
+        await self.client.close()
 
     async def post(self, provider: Provider, url: str, body: bytes, headers: dict[str, str],
-                   read_fault: ReadFault) -> aiohttp.ClientResponse:
+                   read_fault: ReadFault) -> Response:
         """POST and return the response once its status line and headers arrived.
         Raises ProviderError/UpstreamTimeout for transport failures and error statuses."""
         try:
-            response = await self.session(provider).post(url, data=body, headers=headers)
+            response = await self.client.post(provider.slug, url, body, headers)
         except TimeoutError:
             raise UpstreamTimeout(f"{provider.name} did not answer in time", provider_name=provider.name) from None
         except _TRANSPORT as e:
@@ -64,7 +50,7 @@ class Upstreams:
         return response
 
 
-async def read_json(provider: Provider, response: aiohttp.ClientResponse) -> Any:
+async def read_json(provider: Provider, response: Response) -> Any:
     """The whole body of a non-streaming reply, parsed; garbage is a ProviderError."""
     try:
         data = await response.read()
@@ -81,10 +67,10 @@ async def read_json(provider: Provider, response: aiohttp.ClientResponse) -> Any
         raise invalid_response(provider, data) from None
 
 
-async def read_line(provider: Provider, response: aiohttp.ClientResponse) -> bytes:
+async def read_line(provider: Provider, response: Response) -> bytes:
     """One line of a streamed body (b"" at its end)."""
     try:
-        return await response.content.readline()
+        return await response.readline()
     except TimeoutError:
         raise UpstreamTimeout(f"{provider.name} went silent mid-stream", provider_name=provider.name) from None
     except _TRANSPORT as e:
@@ -98,10 +84,10 @@ def invalid_response(provider: Provider, data: bytes | str) -> ProviderError:
                          raw=text[:1000])
 
 
-async def _status_error(provider: Provider, response: aiohttp.ClientResponse, read_fault: ReadFault) -> ProviderError:
+async def _status_error(provider: Provider, response: Response, read_fault: ReadFault) -> ProviderError:
     status = response.status
     try:
-        data = await response.content.read(ERROR_BODY_MAX)
+        data = await response.read_some(ERROR_BODY_MAX)
     except (TimeoutError, *_TRANSPORT):
         data = b""
     finally:
@@ -129,7 +115,7 @@ class TranslatedStream:
     a translator that turns upstream events into OpenAI chunks and keeps the upstream id
     and usage, the chunks one event produced waiting to be handed out, and closing."""
 
-    def __init__(self, provider: Provider, response: aiohttp.ClientResponse, translator: Any) -> None:
+    def __init__(self, provider: Provider, response: Response, translator: Any) -> None:
         self.provider = provider
         self.response = response
         self.translator = translator

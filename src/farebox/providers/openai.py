@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import aiohttp
 import orjson
 
 from farebox.catalog.model import Provider
 from farebox.errors import ProviderError
 from farebox.ledger.pricing import Usage
 from farebox.providers.base import APIS, GATEWAY_FIELDS, Call, Reply, usage_from_openai
+from farebox.providers.client import Response
 from farebox.providers.faults import Fault, by_status, provider_error
 from farebox.providers.http import Upstreams, invalid_response, read_json, read_line
 
@@ -87,7 +87,7 @@ class OpenAIDialect:
 class OpenAIStream:
     """Server-sent events from an OpenAI-dialect upstream, one chunk at a time."""
 
-    def __init__(self, provider: Provider, response: aiohttp.ClientResponse) -> None:
+    def __init__(self, provider: Provider, response: Response) -> None:
         self.provider = provider
         self.response = response
         self.upstream_id: str | None = None

@@ -1,0 +1,529 @@
+"""A small HTTP/1.1 client for upstream calls: keep-alive connections pooled per provider
+and origin, responses parsed by httptools (llhttp), nothing per request that a POST to a
+JSON or server-sent-events API does not need.
+
+Why not aiohttp: in the gateway's profile its client was a fifth of all CPU per request
+(sessions, timers, tracing, cookie jars, multidicts). Here a request is one write of
+prebuilt bytes, and a response is a status, a dict of headers and a byte buffer that the
+protocol fills and the caller drains (`read`, `read_some`, `readline`).
+
+Errors: every transport failure raises `TransportError` (refused, reset, malformed or cut
+short); silence past the idle timeout and attempts past the total deadline raise
+`TimeoutError`. `providers/http.py` turns both into our typed errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import zlib
+from collections import deque
+from typing import Any
+from urllib.parse import urlsplit
+
+import httptools
+
+HIGH_WATER = 1 << 20      # bytes buffered unread before the socket stops being read
+LINE_MAX = 16 << 20       # an SSE line longer than this is not an answer we can use
+DRAIN_S = 1.0             # how long a released response's last bytes are awaited to keep its connection
+_URL_CACHE_MAX = 4096
+
+
+class TransportError(Exception):
+    """The connection failed or the server sent something that is not HTTP/1.1."""
+
+
+class _Target:
+    """A parsed URL: what a pool is keyed by and what a request line needs."""
+
+    __slots__ = ("host", "host_header", "origin", "port", "target", "tls")
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise TransportError(f"not an http(s) URL: {url!r}")
+        self.tls = parts.scheme == "https"
+        self.host = parts.hostname
+        self.port = parts.port or (443 if self.tls else 80)
+        default = 443 if self.tls else 80
+        name = f"[{self.host}]" if ":" in self.host else self.host
+        self.host_header = name if self.port == default else f"{name}:{self.port}"
+        self.target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self.origin = (parts.scheme, self.host, self.port)
+
+
+_targets: dict[str, _Target] = {}
+
+
+def target_of(url: str) -> _Target:
+    target = _targets.get(url)
+    if target is None:
+        if len(_targets) >= _URL_CACHE_MAX:
+            _targets.clear()
+        target = _targets[url] = _Target(url)
+    return target
+
+
+def request_head(target: _Target, headers: dict[str, str], length: int) -> bytes:
+    lines = [f"POST {target.target} HTTP/1.1", f"Host: {target.host_header}", f"Content-Length: {length}",
+             "Accept-Encoding: gzip, deflate"]
+    for name, value in headers.items():
+        if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:
+            # A header may never smuggle another header or a second request.
+            raise TransportError(f"invalid header {name!r}")
+        lines.append(f"{name}: {value}")
+    lines.append("\r\n")
+    try:
+        return "\r\n".join(lines).encode("latin-1")
+    except UnicodeEncodeError:
+        raise TransportError("a header holds characters HTTP/1.1 cannot carry") from None
+
+
+class Response:
+    """One response: `status` and `headers` (lower-case names) once `post` returns; the
+    body arrives into a buffer that the reader drains. `release()` hands the connection
+    back for reuse when the body was read to its end, and closes it otherwise;
+    `close()` always closes it."""
+
+    __slots__ = ("_buffer", "_complete", "_conn", "_decoder", "_done", "_error", "_headers_ready", "_scan",
+                 "_waiter", "headers", "status")
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self._buffer = bytearray()
+        self._scan = 0                 # readline: where the search for b"\n" resumes
+        self._complete = False         # the whole body has arrived
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._headers_ready: asyncio.Future[None] = conn.loop.create_future()
+        self._decoder: Any = None
+        self._done = False             # released or closed
+
+    # -- fed by the connection --------------------------------------------------------
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _fail(self, error: BaseException) -> None:
+        if self._complete or self._error is not None:
+            return
+        self._error = error
+        if not self._headers_ready.done():
+            self._headers_ready.set_exception(error)
+            self._headers_ready.exception()  # retrieved: nobody may be waiting any more
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_exception(error)
+
+    # -- read by the caller ------------------------------------------------------------
+    async def _more(self) -> None:
+        if self._error is not None:
+            raise self._error
+        conn = self._conn
+        if conn.paused:
+            conn.resume()
+        waiter = self._waiter = conn.loop.create_future()
+        await waiter
+
+    async def read(self) -> bytes:
+        while not self._complete:
+            await self._more()
+        if self._error is not None:
+            raise self._error
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        return data
+
+    async def read_some(self, limit: int) -> bytes:
+        """Up to `limit` bytes: for error bodies, which may be endless."""
+        while not self._complete and len(self._buffer) < limit:
+            await self._more()
+        data = bytes(self._buffer[:limit])
+        del self._buffer[:limit]
+        return data
+
+    async def readline(self) -> bytes:
+        """The next line with its b"\\n"; what is left at the end of the body (b"" once nothing is)."""
+        buffer = self._buffer
+        while True:
+            end = buffer.find(b"\n", self._scan)
+            if end >= 0:
+                line = bytes(buffer[:end + 1])
+                del buffer[:end + 1]
+                self._scan = 0
+                return line
+            if self._complete:
+                line = bytes(buffer)
+                buffer.clear()
+                return line
+            if len(buffer) > LINE_MAX:
+                raise TransportError(f"a line longer than {LINE_MAX} bytes")
+            self._scan = len(buffer)
+            await self._more()
+
+    @property
+    def closed(self) -> bool:
+        """Released or closed: the caller is done with it."""
+        return self._done
+
+    def release(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._conn.finished(reusable=self._complete and self._error is None)
+
+    def close(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._conn.close()
+
+
+class Connection(asyncio.Protocol):
+    """One keep-alive connection. httptools calls the `on_*` methods while `data_received`
+    feeds it; at most one response is in flight."""
+
+    __slots__ = ("_idle_since", "_parser", "_response", "_timer", "closed", "deadline", "last_read", "loop", "paused",
+                 "pool", "transport")
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.loop = pool.loop
+        self.transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self._response: Response | None = None
+        self.closed = False
+        self.paused = False
+        self.deadline = 0.0           # loop time after which the whole attempt has taken too long
+        self.last_read = 0.0          # loop time data last arrived (or the request went out)
+        self._timer: asyncio.TimerHandle | None = None
+        self._idle_since = 0.0
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        response = self._response
+        if response is None:
+            # Bytes nobody asked for (a server talking out of turn): the connection is unusable.
+            self.close()
+            return
+        self.last_read = self.loop.time()
+        try:
+            self._parser.feed_data(data)
+        except Exception as e:  # llhttp's verdict, or a callback's (a corrupt compressed body)
+            self._broken(TransportError(f"malformed HTTP response: {e}"))
+            return
+        if response._done:
+            return  # draining: see finished
+        if len(response._buffer) > HIGH_WATER and not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        self._ended()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._ended(exc)
+        self.closed = True
+        self._cancel_timer()
+        self.pool.lost(self)
+
+    def _ended(self, exc: Exception | None = None) -> None:
+        response = self._response
+        if response is None or response._complete:
+            return
+        if response._headers_ready.done() and response._error is None and self._close_delimited():
+            # No Content-Length and not chunked: the body is whatever came before the close.
+            self.on_message_complete()
+            return
+        what = "before answering" if not response._headers_ready.done() else "mid-response"
+        reason = f": {exc}" if exc else ""
+        response._fail(TransportError(f"the server closed the connection {what}{reason}"))
+
+    def _close_delimited(self) -> bool:
+        headers = self._response.headers if self._response is not None else {}
+        return "content-length" not in headers and "chunked" not in headers.get("transfer-encoding", "")
+
+    # -- httptools callbacks ------------------------------------------------------------
+    def on_header(self, name: bytes, value: bytes) -> None:
+        response = self._response
+        assert response is not None
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        previous = response.headers.get(key)
+        response.headers[key] = text if previous is None else f"{previous}, {text}"
+
+    def on_headers_complete(self) -> None:
+        response = self._response
+        assert response is not None
+        status = self._parser.get_status_code()
+        if status < 200:  # 100 Continue and friends: the real response follows
+            response.headers.clear()
+            return
+        response.status = status
+        encoding = response.headers.get("content-encoding", "identity").strip().lower()
+        if encoding in ("gzip", "x-gzip"):
+            response._decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif encoding == "deflate":
+            response._decoder = zlib.decompressobj()
+        elif encoding not in ("identity", ""):
+            self._broken(TransportError(f"unsupported content-encoding {encoding!r}"))
+            return
+        if not response._headers_ready.done():
+            response._headers_ready.set_result(None)
+
+    def on_body(self, body: bytes) -> None:
+        response = self._response
+        assert response is not None
+        if response._decoder is not None:
+            try:
+                body = response._decoder.decompress(body)
+            except zlib.error as e:
+                raise TransportError(f"corrupt compressed body: {e}") from None
+        if response._done:
+            return  # draining what the caller no longer wants
+        response._buffer += body
+        response._wake()
+
+    def on_message_complete(self) -> None:
+        response = self._response
+        if response is None or response.status == 0:
+            return  # the end of an interim (1xx) response
+        if response._decoder is not None:
+            response._buffer += response._decoder.flush()
+        response._complete = True
+        self._cancel_timer()
+        if response._done:
+            self._recycle()  # drained: the connection can serve again
+            return
+        response._wake()
+
+    # -- the pool's side -------------------------------------------------------------------
+    def send(self, head: bytes, body: bytes, deadline: float) -> Response:
+        assert self._response is None and self.transport is not None
+        response = self._response = Response(self)
+        self.deadline = deadline
+        self.last_read = self.loop.time()
+        if len(body) < 65536:
+            self.transport.write(head + body)
+        else:
+            self.transport.writelines((head, body))
+        self._arm(self.last_read)
+        return response
+
+    def resume(self) -> None:
+        if self.paused and self.transport is not None and not self.closed:
+            self.paused = False
+            self.last_read = self.loop.time()  # the silence while paused was ours
+            self.transport.resume_reading()
+
+    def finished(self, reusable: bool) -> None:
+        """The caller is done with the response. A body read to its end frees the
+        connection; one whose last bytes are still on their way (a stream's terminator after
+        [DONE]) is drained for up to DRAIN_S before the connection is reused; anything else
+        closes it."""
+        response = self._response
+        if self.closed or response is None:
+            return
+        if reusable:
+            self._cancel_timer()
+            self._recycle()
+        elif response._error is None and response.status:
+            response._buffer.clear()
+            self.deadline = min(self.deadline, self.loop.time() + DRAIN_S)
+            self._cancel_timer()
+            self._arm(self.loop.time())
+            if self.paused:
+                self.resume()
+        else:
+            self.close()
+
+    def _recycle(self) -> None:
+        self._response = None
+        if self.closed or not self._parser.should_keep_alive():
+            self.close()
+            return
+        self._parser = httptools.HttpResponseParser(self)
+        self._idle_since = self.loop.time()
+        self.pool.put(self)
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.abort()  # connection_lost follows and tells the pool
+        self.closed = True
+
+    def _broken(self, error: BaseException) -> None:
+        if self._response is not None:
+            self._response._fail(error)
+        self.close()
+
+    # -- timeouts: one timer per attempt, re-armed only when it fires -----------------------
+    def _arm(self, now: float) -> None:
+        when = min(self.last_read + self.pool.idle_timeout_s, self.deadline)
+        self._timer = self.loop.call_at(max(when, now), self._check_time)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _check_time(self) -> None:
+        self._timer = None
+        response = self._response
+        if response is None or response._complete or self.closed:
+            return
+        now = self.loop.time()
+        if response._done:  # drained too long: not worth waiting for
+            self.close()
+        elif now >= self.deadline:
+            self._broken(TimeoutError("the attempt took longer than its total timeout"))
+        elif not self.paused and now - self.last_read >= self.pool.idle_timeout_s:
+            self._broken(TimeoutError("the server went silent"))
+        else:
+            if self.paused:
+                self.last_read = now
+            self._arm(now)
+
+    def idle_for(self, now: float) -> float:
+        return now - self._idle_since
+
+
+class Pool:
+    """Connections to one origin for one provider: idle ones are reused newest first;
+    `limit` (0: none) bounds open connections, and callers past it wait their turn."""
+
+    def __init__(self, target: _Target, *, limit: int, connect_timeout_s: float, idle_timeout_s: float,
+                 keepalive_s: float, tls: ssl.SSLContext | None) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.target = target
+        self.limit = limit
+        self.connect_timeout_s = connect_timeout_s
+        self.idle_timeout_s = idle_timeout_s
+        self.keepalive_s = keepalive_s
+        self.tls = tls
+        self.idle: dict[Connection, None] = {}  # insertion order: the newest last
+        self.open = 0                   # connections made and not yet lost (busy or idle)
+        self.waiters: deque[asyncio.Future[Connection | None]] = deque()
+
+    async def acquire(self) -> Connection:
+        now = self.loop.time()
+        while self.idle:
+            conn, _ = self.idle.popitem()
+            if not conn.closed and conn.idle_for(now) < self.keepalive_s:
+                return conn
+            conn.close()  # too old: the server may be about to close it under us
+        if self.limit and self.open >= self.limit:
+            waiter: asyncio.Future[Connection | None] = self.loop.create_future()
+            self.waiters.append(waiter)
+            try:
+                handed = await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled() and waiter.result() is not None:
+                    self.put(waiter.result())  # type: ignore[arg-type]
+                raise
+            if handed is not None:
+                return handed
+        return await self._connect()
+
+    async def _connect(self) -> Connection:
+        self.open += 1
+        target = self.target
+        try:
+            async with asyncio.timeout(self.connect_timeout_s):
+                _, conn = await self.loop.create_connection(
+                    lambda: Connection(self), target.host, target.port, ssl=self.tls,
+                    server_hostname=target.host if self.tls else None)
+        except BaseException:
+            self.open -= 1
+            self._wake_one(None)
+            raise
+        return conn
+
+    def put(self, conn: Connection) -> None:
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return
+        self.idle[conn] = None
+
+    def lost(self, conn: Connection) -> None:
+        self.open -= 1
+        self.idle.pop(conn, None)
+        self._wake_one(None)  # a slot is free: the next waiter connects anew
+
+    def _wake_one(self, conn: Connection | None) -> None:
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return
+
+    def close(self) -> None:
+        for conn in list(self.idle):
+            conn.close()
+        self.idle.clear()
+
+
+class Client:
+    """Pools per (provider, origin). `post` returns once the status line and headers have
+    arrived; the caller reads the body and must `release()` or `close()` the response."""
+
+    def __init__(self, *, connect_timeout_s: float, idle_timeout_s: float, total_timeout_s: float,
+                 connections_max: int = 0, keepalive_s: float = 15.0) -> None:
+        self.connect_timeout_s = connect_timeout_s
+        self.idle_timeout_s = idle_timeout_s
+        self.total_timeout_s = total_timeout_s
+        self.connections_max = connections_max
+        self.keepalive_s = keepalive_s
+        self._pools: dict[tuple[str, tuple[str, str, int]], Pool] = {}
+        self._tls: ssl.SSLContext | None = None
+
+    def _pool(self, scope: str, target: _Target) -> Pool:
+        key = (scope, target.origin)
+        pool = self._pools.get(key)
+        if pool is None:
+            if target.tls and self._tls is None:
+                self._tls = ssl.create_default_context()
+            pool = self._pools[key] = Pool(
+                target, limit=self.connections_max, connect_timeout_s=self.connect_timeout_s,
+                idle_timeout_s=self.idle_timeout_s, keepalive_s=self.keepalive_s,
+                tls=self._tls if target.tls else None)
+        return pool
+
+    async def post(self, scope: str, url: str, body: bytes, headers: dict[str, str]) -> Response:
+        target = target_of(url)
+        head = request_head(target, headers, len(body))
+        pool = self._pool(scope, target)
+        deadline = pool.loop.time() + self.total_timeout_s
+        conn = await pool.acquire()
+        response = conn.send(head, body, deadline)
+        try:
+            await response._headers_ready
+        except BaseException:
+            response.close()
+            raise
+        return response
+
+    def open_connections(self) -> int:
+        return sum(pool.open for pool in self._pools.values())
+
+    async def close(self) -> None:
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
+        await asyncio.sleep(0)  # let the aborted transports report connection_lost
