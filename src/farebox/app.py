@@ -96,7 +96,8 @@ class Gateway:
         self.directory.ensure_management_key(secret)
         self.upstreams = Upstreams(
             connect_timeout_s=settings.upstream_connect_timeout_s, idle_timeout_s=settings.upstream_idle_timeout_s,
-            total_timeout_s=settings.upstream_timeout_s, connections_max=settings.upstream_connections_max)
+            total_timeout_s=settings.upstream_timeout_s, connections_max=settings.upstream_connections_max,
+            keepalive_s=settings.upstream_keepalive_s)
         dialects = {"openai": OpenAIDialect(self.upstreams), "anthropic": AnthropicDialect(self.upstreams, self.clock),
                     "gemini": GeminiDialect(self.upstreams, self.clock)}
         self._seed_byok_meter(self.store.writer_conn)

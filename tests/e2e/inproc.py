@@ -2,7 +2,7 @@
 (period resets, key expiry) without waiting for it.
 
 Everything but the clock is real: `farebox.app.create_app` builds the gateway from settings
-read the way `farebox serve` reads them, uvicorn serves it on a real socket from a
+read the way `farebox serve` reads them, our server (api/server.py) serves it on a real socket from a
 background thread (its own event loop), and the database is a real SQLite file in
 FAREBOX_HOME. The object is a `procs.Gateway`, so every helper there (admin, org, key,
 member, verify...) works on it unchanged.
@@ -14,9 +14,8 @@ import asyncio
 import threading
 from dataclasses import dataclass, field
 
-import uvicorn
-
 from farebox.api.router import Api
+from farebox.api.server import Server
 from farebox.app import create_app
 from farebox.catalog.simulated import sim_catalog
 from farebox.clock import FakeClock
@@ -35,7 +34,7 @@ class InProcessGateway(Gateway):
 
     clock: FakeClock = field(default_factory=lambda: FakeClock(START))
     app: Api | None = None
-    _server: uvicorn.Server | None = None
+    _server: Server | None = None
     _thread: threading.Thread | None = None
 
     def start(self) -> InProcessGateway:
@@ -51,13 +50,11 @@ class InProcessGateway(Gateway):
         # Built here, like `farebox serve` builds it before serving: a configuration error
         # or a database in use fails the test at once, in the test's own thread.
         self.app = create_app(settings, clock=self.clock)
-        # log_config=None: uvicorn leaves this process's logging (pytest's) as it is.
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=0, lifespan="on", loop="asyncio",
-                                log_config=None, log_level="warning", access_log=False)
-        server = uvicorn.Server(config)
+        # The standard asyncio loop (not uvloop) and no signal handlers: not the main thread.
+        server = Server(self.app, host="127.0.0.1", port=0)
         self._server = server
-        self._thread = threading.Thread(target=lambda: asyncio.run(server.serve()), name="farebox-inproc",
-                                        daemon=True)
+        self._thread = threading.Thread(target=lambda: asyncio.run(server.serve(signals=False)),
+                                        name="farebox-inproc", daemon=True)
         self._thread.start()
         for _ in range(int(READY_S / 0.01)):
             if server.started or not self._thread.is_alive():
@@ -66,7 +63,7 @@ class InProcessGateway(Gateway):
         if not server.started:
             self.stop()
             raise RuntimeError("the in-process gateway did not start (see the log above)")
-        port = server.servers[0].sockets[0].getsockname()[1]
+        port = server.bound_port
         self.url = f"http://127.0.0.1:{port}"
         self.management_key = settings.management_key_file.read_text().strip()
         return self
@@ -75,7 +72,7 @@ class InProcessGateway(Gateway):
         """Shut down like SIGTERM does: stop accepting, finish in-flight requests, then the
         lifespan's shutdown stops the gateway (flushes the writer, closes the database)."""
         if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
+            self._server.loop.call_soon_threadsafe(self._server.stop)
             self._thread.join(30)
             assert not self._thread.is_alive(), "the in-process gateway did not stop"
         self._server = self._thread = None

@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 
 import typer
-import uvicorn
 
+from farebox.api.server import Server
+from farebox.cli.fdlimit import raise_open_files_limit
 from farebox.errors import ConfigError
 from farebox.settings import Settings, load_settings
 
@@ -39,15 +40,16 @@ def _gateway(settings: Settings):  # type: ignore[no-untyped-def]
         raise typer.Exit(2) from None
 
 
-def _server(app: object, settings: Settings) -> uvicorn.Server:
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
-                            lifespan="on", access_log=settings.access_log, log_level=settings.log_level,
-                            backlog=4096, timeout_keep_alive=30, proxy_headers=False, server_header=False)
-    return uvicorn.Server(config)
+def _server(app: object, settings: Settings) -> Server:
+    from farebox.api.server import access_log
+
+    access_log.disabled = not settings.access_log
+    return Server(app, host=settings.host, port=settings.port, backlog=4096,  # type: ignore[arg-type]
+                  keepalive_s=settings.http_keepalive_s, shutdown_grace_s=settings.shutdown_grace_s)
 
 
-def _bound_port(server: uvicorn.Server) -> int:
-    return server.servers[0].sockets[0].getsockname()[1]
+def _bound_port(server: Server) -> int:
+    return server.bound_port
 
 
 def _logging(level: str) -> None:
@@ -60,6 +62,7 @@ def serve(host: str = typer.Option(None, help="Listen address (setting: host).")
                                                   "else FAREBOX_HOME/farebox.toml if present).")) -> None:
     settings = _settings(config, host=host, port=port)
     _logging(settings.log_level)
+    raise_open_files_limit()  # every open stream holds two sockets
     from farebox.api.router import Api
 
     gateway = _gateway(settings)
