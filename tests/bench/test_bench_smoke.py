@@ -1,7 +1,9 @@
 """CI keeps `bench/run` working: a smoke run (1 s scenarios) must start nginx, the floor proxy
 and the gateway, run every scenario without an error, and leave a ledger that verifies with
-one generation per answered request. Nothing here judges speed: the figures of a 1 s run on
-a shared machine mean nothing (docs/performance.md has the real ones)."""
+one generation per answered request; its bench/streams.py section (a few hundred streams held
+open together, a few time-to-first-token requests) must end every stream properly. Nothing
+here judges speed: the figures of a 1 s run on a shared machine mean nothing
+(docs/performance.md has the real ones)."""
 
 from __future__ import annotations
 
@@ -31,3 +33,24 @@ def test_bench_run_smoke(tmp_path: Path) -> None:
     # Every request the gateway answered left exactly one generation record (up to those in
     # flight when a wrk run stopped, which bench/run itself bounds).
     assert 0 <= ledger["generations"] - ledger["requests_answered"] <= ledger["cutoff_slack"], ledger
+    assert_streams(report["streams"])
+
+
+def assert_streams(streams: dict) -> None:
+    """bench/streams.py's smoke: every stream opened, was open with all the others, and
+    completed with its usage and [DONE]; every TTFT request was answered; one completed
+    generation per stream and per TTFT request through the gateway; the ledger verifies."""
+    assert streams["ok"] is True and streams["failures"] == [], streams["failures"]
+    held = streams["open_streams"]
+    assert held["streams"] > 0 and held["errors"] == 0 and held["error_kinds"] == {}, held["error_kinds"]
+    assert held["opened"] == held["completed"] == held["peak_open"] == held["streams"], held
+    checks = streams["checks"]
+    assert checks["ledger_ok"] is True and streams["ledger"]["violations"] == [], streams["ledger"]
+    assert checks["stream_generations"] == held["completed"] and checks["stream_generations_cancelled"] == 0, checks
+    assert streams["ttft"], "no time-to-first-token rows"
+    for row in streams["ttft"]:
+        for path in ("direct", "gateway"):
+            answered = row[path]
+            assert answered["requests"] > 0 and answered["errors"] == 0, answered
+            assert answered["ok"] == answered["requests"] and answered["p50_ms"] is not None, answered
+    assert checks["ttft_generations"] == checks["ttft_requests"] > 0, checks
