@@ -191,7 +191,7 @@ class Connection(asyncio.Protocol):
     """One keep-alive connection. httptools calls the `on_*` methods while `data_received`
     feeds it; at most one response is in flight."""
 
-    __slots__ = ("_idle_since", "_parser", "_response", "_timer", "closed", "deadline", "last_read", "loop", "paused",
+    __slots__ = ("_idle_since", "_keep_alive", "_parser", "_response", "_timer", "closed", "deadline", "last_read", "loop", "paused",
                  "pool", "transport")
 
     def __init__(self, pool: Pool) -> None:
@@ -200,6 +200,7 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._response: Response | None = None
+        self._keep_alive = False        # what the response's headers said (llhttp forgets at its end)
         self.closed = False
         self.paused = False
         self.deadline = 0.0           # loop time after which the whole attempt has taken too long
@@ -275,6 +276,7 @@ class Connection(asyncio.Protocol):
             response.headers.clear()
             return
         response.status = status
+        self._keep_alive = self._parser.should_keep_alive()
         encoding = response.headers.get("content-encoding", "identity").strip().lower()
         if encoding in ("gzip", "x-gzip"):
             response._decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
@@ -354,7 +356,7 @@ class Connection(asyncio.Protocol):
 
     def _recycle(self) -> None:
         self._response = None
-        if self.closed or not self._parser.should_keep_alive():
+        if self.closed or not self._keep_alive:
             self.close()
             return
         self._parser = httptools.HttpResponseParser(self)
