@@ -58,7 +58,7 @@ def test_a_version_5_database_migrates_and_its_lots_replay_as_before(tmp_path: P
     store = Store(path)
     try:
         conn = store.reader_conn
-        assert [v for (v,) in conn.execute("SELECT version FROM schema_migrations")] == [1, 2, 3, 4, 5, 6]
+        assert [v for (v,) in conn.execute("SELECT version FROM schema_migrations")] == [v for v, _ in MIGRATIONS]  # 6 and every later one
         assert "visible_after" in {row[1] for row in conn.execute("PRAGMA table_info(lots)")}
         assert dict(conn.execute("SELECT entry_id, visible_after FROM lots")) == {1: None, 2: None}
         _, _, visible = ops.wallet_history(conn)

@@ -68,7 +68,7 @@ def new_request(gw: Gateway, req: Request, key: KeyRecord, body: dict[str, Any],
     caps = (key.cap, workspace.cap) if project is None else (key.cap, project.cap, workspace.cap)
     return ChatRequest(
         body=body, key=key, org=org, models=requested_models(body), stream=stream, max_tokens=max_tokens,
-        prompt=prompt, gen_id=gw.ids.generation_id(int(now)), created=int(now), created_ms=int(now * 1000),
+        prompt=prompt, gen_id=gw.ids.generation_id(int(now * 1000)), created=int(now), created_ms=int(now * 1000),
         started=gw.clock.monotonic(), http_referer=req.header(b"http-referer"),
         title=req.header(b"x-openrouter-title") or req.header(b"x-title"), user_agent=req.header(b"user-agent"),
         api=api, workspace=workspace, project=project, caps=caps,

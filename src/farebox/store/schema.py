@@ -332,4 +332,15 @@ WHEN OLD.visible_after IS NOT NULL OR NEW.visible_after IS NULL OR NEW.visible_a
     OR NEW.expires_at IS NOT OLD.expires_at OR NEW.purchase_id IS NOT OLD.purchase_id
 BEGIN SELECT RAISE(ABORT, 'lots are append-only'); END;
 """),
+    (7, """
+-- The ledger writer (issue 7): every settled charge inserts an entry, and each index on
+-- entries is one more B-tree the insert updates inside the commit a response waits for.
+-- These two had no reader: nothing looks entries up by key (key usage and limits are
+-- rebuilt from generations), and nothing looks them up by generation (`ledger verify`
+-- groups all charges by generation in one scan; the statement joins entries to
+-- generations through the generations' primary key). entries_generation was keyed by the
+-- random generation id, so each charge dirtied a page of it at a random place.
+DROP INDEX entries_key;
+DROP INDEX entries_generation;
+"""),
 ]

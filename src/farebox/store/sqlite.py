@@ -16,6 +16,7 @@ import sqlite3
 import threading
 from collections import defaultdict
 from collections.abc import Callable
+from itertools import groupby
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -73,6 +74,15 @@ def _statements(sql: str) -> list[str]:
     return out
 
 
+# The writer's page cache. A batch of settlements inserts at random places in the indexes
+# keyed by generation id (the id index and entries' reference index): at 50,000 charges a
+# second those spread over several MiB, more than SQLite's default 2 MiB cache. With the
+# default, a batch spilled dirty pages to the WAL before its commit and read evicted pages
+# back (7 KB read per charge, bench/writer.py); 16 MiB holds them. SQLite fills the cache
+# only as pages are used, so an idle server does not pay for it.
+WRITER_CACHE_KIB = 16 * 1024
+
+
 class DatabaseInUse(RuntimeError):
     pass
 
@@ -91,6 +101,7 @@ class Store:
             os.close(self._lock_fd)
             raise DatabaseInUse(f"{path} is in use by another Farebox process") from None
         self.writer_conn = connect(path, synchronous)
+        self.writer_conn.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
         migrate(self.writer_conn)
         self.reader_conn = connect(path, synchronous)
         self._read_lock = threading.Lock()
@@ -111,15 +122,34 @@ class Store:
 
 # -- write operations: each runs inside the writer's transaction --------------------
 
+# Binding None costs Python's sqlite3 module an adapter lookup that fails slowly (about
+# 0.6 µs per value, more than binding the rest of a row's values), and so does binding
+# `bytes`; `bytearray` and the base types bind directly (CPython's `need_adapt`). The hot
+# inserts below therefore leave out the columns that are usually NULL when they are, and
+# hand over the record as a bytearray (stored as the same BLOB). All of it runs on the
+# writer thread holding the GIL the event loop needs (bench/writer.py: 2 µs per charge).
+_ENTRY_COLUMNS = "created_at, kind, from_account, to_account, amount, reference, org_id, key_hash, generation_id"
+_INSERT_ENTRY = f"INSERT INTO entries ({_ENTRY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)"
+_INSERT_ENTRY_MEMO = f"INSERT INTO entries ({_ENTRY_COLUMNS}, memo) VALUES (?,?,?,?,?,?,?,?,?,?)"
+
+
+def _has_memo(entry: Entry) -> bool:
+    return entry.memo is not None
+
+
 def post_entries(conn: sqlite3.Connection, entries: list[Entry]) -> None:
     if not entries:
         return
-    conn.executemany(
-        "INSERT INTO entries (created_at, kind, from_account, to_account, amount, reference, org_id,"
-        " key_hash, generation_id, memo) VALUES (?,?,?,?,?,?,?,?,?,?)",
-        [(e.created_at, e.kind, e.from_account, e.to_account, e.amount, e.reference, e.org_id,
-          e.key_hash, e.generation_id, e.memo) for e in entries],
-    )
+    # Charges have no memo. Consecutive runs with and without one go to their own statement,
+    # in order: an entry's id is its place in the ledger (the lots replay by it).
+    for has_memo, run in groupby(entries, _has_memo):
+        if has_memo:
+            conn.executemany(_INSERT_ENTRY_MEMO, [(e.created_at, e.kind, e.from_account, e.to_account, e.amount,
+                                                   e.reference, e.org_id, e.key_hash, e.generation_id, e.memo)
+                                                  for e in run])
+        else:
+            conn.executemany(_INSERT_ENTRY, [(e.created_at, e.kind, e.from_account, e.to_account, e.amount,
+                                              e.reference, e.org_id, e.key_hash, e.generation_id) for e in run])
     deltas: dict[str, int] = defaultdict(int)
     for e in entries:
         deltas[e.from_account] -= e.amount
@@ -128,23 +158,39 @@ def post_entries(conn: sqlite3.Connection, entries: list[Entry]) -> None:
                      [(d, a) for a, d in deltas.items() if d])
 
 
-_INSERT_GENERATION = (
-    "INSERT INTO generations (id, org_id, workspace_id, key_hash, created_at, model, provider, total_cost,"
-    " charged, tokens_prompt, tokens_completion, streamed, cancelled, finish_reason, data, project_id,"
-    " endpoint_id, reasoning_tokens, is_byok, byok_cost, settled_at)"
-    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+_GENERATION_COLUMNS = ("id, org_id, workspace_id, key_hash, created_at, model, provider, total_cost, charged,"
+                       " tokens_prompt, tokens_completion, streamed, cancelled, finish_reason, data, endpoint_id,"
+                       " reasoning_tokens, is_byok, byok_cost, settled_at")
+_INSERT_GENERATION = f"INSERT INTO generations ({_GENERATION_COLUMNS}) VALUES ({', '.join('?' * 20)})"
+_INSERT_GENERATION_PROJECT = (f"INSERT INTO generations ({_GENERATION_COLUMNS}, project_id)"
+                              f" VALUES ({', '.join('?' * 21)})")
 
 
 def _generation_row(g: dict[str, Any]) -> tuple[Any, ...]:
+    """The columns of _INSERT_GENERATION; with a project, _INSERT_GENERATION_PROJECT takes
+    its id after them."""
     return (g["id"], g["org_id"], g["workspace_id"], g["key_hash"], g["created_at_ms"], g["model"],
             g["provider_name"], g["total_cost_nanos"], g["charged_nanos"], g["tokens_prompt"],
-            g["tokens_completion"], int(g["streamed"]), int(g["cancelled"]), g["finish_reason"], orjson.dumps(g),
-            g.get("project_id"), g.get("endpoint_id"), g.get("native_tokens_reasoning") or 0,
+            g["tokens_completion"], int(g["streamed"]), int(g["cancelled"]), g["finish_reason"],
+            bytearray(orjson.dumps(g)), g.get("endpoint_id"), g.get("native_tokens_reasoning") or 0,
             int(g.get("is_byok", False)), g.get("byok_cost_nanos", 0), g.get("settled_at_ms"))
 
 
+def _has_project(g: dict[str, Any]) -> bool:
+    return g.get("project_id") is not None
+
+
+def insert_generations(conn: sqlite3.Connection, generations: list[dict[str, Any]]) -> None:
+    """Generation records; most name no project, and leave its column out."""
+    for has_project, run in groupby(generations, _has_project):
+        if has_project:
+            conn.executemany(_INSERT_GENERATION_PROJECT, [(*_generation_row(g), g["project_id"]) for g in run])
+        else:
+            conn.executemany(_INSERT_GENERATION, [_generation_row(g) for g in run])
+
+
 def insert_generation(conn: sqlite3.Connection, g: dict[str, Any]) -> None:
-    conn.execute(_INSERT_GENERATION, _generation_row(g))
+    insert_generations(conn, [g])
 
 
 def settle(conn: sqlite3.Connection, entries: list[Entry], generation: dict[str, Any]) -> None:
@@ -163,8 +209,8 @@ def _content_row(g: dict[str, Any], content: dict[str, Any]) -> tuple[Any, ...]:
 class SettleOp:
     """A settlement for the group-commit writer. Consecutive settlements in a batch are
     written together (`run_many`): one insert of all their entries, one of all their
-    generation records, and one balance update per account touched, instead of one of
-    each per request. `content` (prompt and completion) is written only for organizations
+    generation records (a few, where some name a memo or a project and others not), and
+    one balance update per account touched, instead of one of each per request. `content` (prompt and completion) is written only for organizations
     that opted in to prompt logging."""
 
     __slots__ = ("content", "entries", "generation")
@@ -180,7 +226,7 @@ class SettleOp:
     @staticmethod
     def run_many(conn: sqlite3.Connection, ops: list[SettleOp]) -> list[None]:
         post_entries(conn, [e for op in ops for e in op.entries])
-        conn.executemany(_INSERT_GENERATION, [_generation_row(op.generation) for op in ops])
+        insert_generations(conn, [op.generation for op in ops])
         contents = [_content_row(op.generation, op.content) for op in ops if op.content is not None]
         if contents:
             conn.executemany(_INSERT_CONTENT, contents)
