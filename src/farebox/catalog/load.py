@@ -10,6 +10,7 @@ earlier model of the same id whole.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import tomllib
@@ -18,6 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from farebox.catalog import toml
 from farebox.catalog.model import (
     DIALECTS,
     MODALITIES,
@@ -184,7 +186,7 @@ def _model(source: str, index: int, table: Any, providers: dict[str, Provider]) 
             max_completion_tokens=max_out,
             pricing=_pricing(source, f"models[{index}].endpoints[{j}].pricing", er.get("pricing", dict, required=True)),
             quantization=quant,
-            supported_parameters=frozenset(er.strings("supported_parameters", SUPPORTED_PARAMETERS, [])),
+            supported_parameters=_parameter_set(er.strings("supported_parameters", SUPPORTED_PARAMETERS, [])),
         ))
     ids = [e.id for e in endpoints]
     if len(set(ids)) != len(ids):
@@ -205,6 +207,13 @@ def _model(source: str, index: int, table: Any, providers: dict[str, Provider]) 
     )
 
 
+@functools.lru_cache(maxsize=1024)
+def _parameter_set(names: tuple[str, ...]) -> frozenset[str]:
+    """One shared set per distinct list: a large catalog repeats a few lists thousands of
+    times, and a set of ten names with its strings takes ~1 KB (issue 7: footprint)."""
+    return frozenset(names)
+
+
 def _default_parameters(r: _Reader) -> dict[str, Any]:
     """Request parameters a model applies when the request omits them: what makes a static
     variant such as `:thinking` (reasoning on by default) differ from its base model."""
@@ -222,7 +231,7 @@ def parse_layers(layers: list[tuple[str, str]]) -> tuple[dict[str, Provider], di
     model_tables: dict[str, tuple[str, int, Any]] = {}
     for source, text in layers:
         try:
-            data = tomllib.loads(text)
+            data = toml.loads(text)   # tomllib's result and errors, faster (catalog/toml.py)
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{source}: {e}") from None
         unknown = sorted(set(data) - {"providers", "models"})

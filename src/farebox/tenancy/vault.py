@@ -19,12 +19,13 @@ import hashlib
 import os
 import secrets
 from pathlib import Path
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from typing import TYPE_CHECKING
 
 from farebox.errors import ConfigError
 from farebox.settings import Settings
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 KEY_BYTES = 32
 NONCE_BYTES = 12
@@ -44,9 +45,20 @@ class Vault:
     def __init__(self, material: bytes) -> None:
         if len(material) != KEY_BYTES:
             raise ValueError(f"the BYOK encryption key must be {KEY_BYTES} bytes, got {len(material)}")
-        self._aead = AESGCM(material)
+        self._material = material
+        self._cipher: AESGCM | None = None
         # Names the key without revealing it: stored with each blob to diagnose a key change.
         self.key_id = hashlib.sha256(material).hexdigest()[:16]
+
+    @property
+    def _aead(self) -> AESGCM:
+        # Built on first use: `cryptography` costs start-up time and memory that a server
+        # whose organizations bring no provider keys never needs (issue 7: footprint).
+        if self._cipher is None:
+            from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+            self._cipher = AESGCM(self._material)
+        return self._cipher
 
     def seal(self, plaintext: str, aad: bytes) -> bytes:
         nonce = secrets.token_bytes(NONCE_BYTES)  # random per blob: GCM must never reuse one under a key
@@ -60,6 +72,8 @@ class Vault:
                              " (byok_encryption_key or <home>/byok_key changed)")
         if len(blob) <= NONCE_BYTES:
             raise VaultError("sealed blob is too short to hold a nonce and a tag")
+        from cryptography.exceptions import InvalidTag
+
         try:
             plain = self._aead.decrypt(bytes(blob[:NONCE_BYTES]), bytes(blob[NONCE_BYTES:]), aad)
         except InvalidTag:
