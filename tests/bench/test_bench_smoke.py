@@ -1,7 +1,10 @@
 """CI keeps `bench/run` working: a smoke run (1 s scenarios) must start nginx, the floor proxy
 and the gateway, run every scenario without an error, and leave a ledger that verifies with
 one generation per answered request; its bench/streams.py section (a few hundred streams held
-open together, a few time-to-first-token requests) must end every stream properly. Nothing
+open together, a few time-to-first-token requests) must end every stream properly; its
+bench/writer.py section must commit every settlement into a ledger that verifies; its
+bench/footprint.py section must start the gateway with a 1,000-model catalog and read its
+memory; and every target of issue 7 must have a row in the summary. Nothing
 here judges speed: the figures of a 1 s run on a shared machine mean nothing
 (docs/performance.md has the real ones)."""
 
@@ -34,6 +37,31 @@ def test_bench_run_smoke(tmp_path: Path) -> None:
     # flight when a wrk run stopped, which bench/run itself bounds).
     assert 0 <= ledger["generations"] - ledger["requests_answered"] <= ledger["cutoff_slack"], ledger
     assert_streams(report["streams"])
+    assert_writer(report["writer"])
+    assert_footprint(report["footprint"])
+    items = [t["item"] for t in report["targets"]]
+    for prefix in ("1 ", "2 p50", "2 p99", "3 SSE", "3 TTFT", "4 ", "5 ", "6 ready", "6 idle"):
+        assert any(item.startswith(prefix) for item in items), (prefix, items)
+    assert all(t["met"] in (True, False) for t in report["targets"]), report["targets"]
+
+
+def assert_writer(writer: dict) -> None:
+    """bench/writer.py's smoke: every settlement committed, the row counts and balances exact,
+    and `ledger verify`'s checks all zero."""
+    assert writer["ok"] is True and writer["count"] == 5_000, writer
+    (result,) = writer["results"]
+    verify = result["verify"]
+    assert verify["ok"] is True and verify["mismatches"] == {} and verify["violations"] == [], verify
+    assert verify["counts"]["generations"] == 5_000 and verify["counts"]["entries"] == 5_001, verify
+    assert writer["charges_per_s"] > 0 and result["batches"] >= 1
+
+
+def assert_footprint(footprint: dict) -> None:
+    """bench/footprint.py's smoke: the gateway started with the generated catalog every time,
+    listed all its models, answered the requests, and its memory was read."""
+    assert footprint["ok"] is True and footprint["exit"] == 0, footprint.get("error")
+    assert footprint["catalog"]["models"] >= 1_000
+    assert footprint["runs"] and all(r["ready_models_s"] > 0 and r["rss_idle_mb"] > 0 for r in footprint["runs"])
 
 
 def assert_streams(streams: dict) -> None:
