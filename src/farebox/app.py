@@ -9,8 +9,7 @@ import os
 import sqlite3
 from collections.abc import Mapping
 from pathlib import Path
-
-import aiohttp
+from typing import TYPE_CHECKING
 
 from farebox.api.router import Api
 from farebox.billing.notify import Notifier, SmtpSettings
@@ -47,6 +46,9 @@ from farebox.tenancy.directory import Directory
 from farebox.tenancy.members import Members
 from farebox.tenancy.vault import load_vault
 from farebox.tenancy.workspaces import Workspaces
+
+if TYPE_CHECKING:
+    import aiohttp
 
 log = logging.getLogger("farebox")
 
@@ -156,11 +158,20 @@ class Gateway:
         conn.execute("INSERT OR IGNORE INTO installation (id, token) VALUES (1, ?)", (self.ids.hex(8),))
         return conn.execute("SELECT token FROM installation WHERE id = 1").fetchone()[0]
 
-    def _notifier(self, session: aiohttp.ClientSession) -> Notifier:
+    def _session(self) -> aiohttp.ClientSession:
+        """The HTTP session alert webhooks are posted with, made on first use: aiohttp is
+        imported only by a server that sends one (issue 7: start-up)."""
+        if self._http is None:
+            import aiohttp
+
+            self._http = aiohttp.ClientSession()
+        return self._http
+
+    def _notifier(self) -> Notifier:
         s = self.settings
         smtp = (SmtpSettings(s.smtp_host, s.smtp_port, s.smtp_sender, s.smtp_username, s.smtp_password,
                              s.smtp_starttls) if s.smtp_host else None)
-        return Notifier(smtp, self.alert_secret.encode(), session, self.clock, retries=s.alert_retries,
+        return Notifier(smtp, self.alert_secret.encode(), self._session, self.clock, retries=s.alert_retries,
                         backoff_s=s.alert_retry_s)
 
     async def start(self) -> None:
@@ -170,8 +181,7 @@ class Gateway:
         self.writer.start()
         self.checkpointer.start()
         self.ledger.start()
-        self._http = aiohttp.ClientSession()
-        self.watch.notifier = self._notifier(self._http)
+        self.watch.notifier = self._notifier()
         self.topup.resume()   # before serving: see AutoTopUp.resume
         # Refunds a restart left pending, in the background: serving starts now.
         self._resuming = asyncio.get_running_loop().create_task(self._resume_refunds())
@@ -197,6 +207,7 @@ class Gateway:
             await self.stripe.close()
         if self._http is not None:
             await self._http.close()
+            self._http = None
         await self.ledger.stop()
         await self.upstreams.close()
         self.writer.stop()

@@ -184,7 +184,7 @@ def closed_port() -> int:
 async def notifier(smtp: SmtpSettings | None = None, **options: Any) -> AsyncIterator[tuple[Notifier, FakeClock]]:
     clock = FakeClock()
     async with aiohttp.ClientSession() as session:
-        yield Notifier(smtp, SECRET, session, clock, **{"backoff_s": 0.01, **options}), clock
+        yield Notifier(smtp, SECRET, lambda: session, clock, **{"backoff_s": 0.01, **options}), clock
 
 
 def an_alert(emails: tuple[str, ...] = (), webhooks: tuple[str, ...] = ()) -> Alert:

@@ -72,7 +72,7 @@ def test_other_commands_are_all_still_registered(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc")
-def test_a_running_server_has_not_loaded_pydantic_or_cryptography(tmp_path: Path) -> None:
+def test_a_running_server_has_not_loaded_pydantic_cryptography_or_aiohttp(tmp_path: Path) -> None:
     env = {**os.environ, "FAREBOX_HOME": str(tmp_path), "FAREBOX_PORT": "0", "FAREBOX_LOG_LEVEL": "warning"}
     proc = subprocess.Popen([sys.executable, "-m", "farebox", "serve", "--host", "127.0.0.1"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -88,6 +88,7 @@ def test_a_running_server_has_not_loaded_pydantic_or_cryptography(tmp_path: Path
         maps = Path(f"/proc/{proc.pid}/maps").read_text()
         assert "_pydantic_core" not in maps          # typer's runtime: bypassed for serve
         assert "cryptography" not in maps            # the BYOK vault: loaded on first use
+        assert "aiohttp" not in maps                 # alert webhooks and Stripe: loaded on first use
         assert "uvloop" in maps                      # the check can see an extension module
     finally:
         proc.terminate()

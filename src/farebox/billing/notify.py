@@ -23,13 +23,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import aiohttp
 import orjson
 
 from farebox.billing.alerts import Alert, event_id, iso_utc, one_line
 from farebox.clock import Clock
+
+if TYPE_CHECKING:
+    import aiohttp
 
 log = logging.getLogger("farebox.billing")
 
@@ -151,7 +153,9 @@ def _refusals(recipients: Mapping[str, tuple[int, bytes]]) -> dict[str, str]:
 
 
 class Notifier:
-    """Sends alerts to their threshold's recipients. `session` is the caller's (and closed by it).
+    """Sends alerts to their threshold's recipients. `session` returns the caller's HTTP session
+    (which the caller closes); it is asked for only when a webhook is posted, so a server that
+    sends none never imports aiohttp (issue 7: start-up time and memory).
 
     Email is ONE message with every recipient in To, not one per recipient: the recipients all
     belong to the same organization, seeing who else was told is useful to them, it is one SMTP
@@ -159,7 +163,7 @@ class Notifier:
     reported per address. A message accepted for some recipients is not retried for the refused
     ones, since resending it would duplicate it for the others."""
 
-    def __init__(self, smtp: SmtpSettings | None, webhook_secret: bytes, session: aiohttp.ClientSession, clock: Clock,
+    def __init__(self, smtp: SmtpSettings | None, webhook_secret: bytes, session: Callable[[], aiohttp.ClientSession], clock: Clock,
                  retries: int = 3, backoff_s: float = 1.0, *, attempt_timeout_s: float = 10.0) -> None:
         assert webhook_secret, "webhooks must be signed with a non-empty secret"
         assert retries >= 0 and backoff_s >= 0 and attempt_timeout_s > 0
@@ -169,7 +173,7 @@ class Notifier:
         self._clock = clock
         self._retries = retries
         self._backoff_s = backoff_s
-        self._attempt_timeout = aiohttp.ClientTimeout(total=attempt_timeout_s)
+        self._attempt_timeout_s = attempt_timeout_s
 
     async def deliver(self, alert: Alert) -> DeliveryReport:
         """Email every address of the alert's threshold and POST `alert.payload()` to every webhook."""
@@ -261,9 +265,12 @@ class Notifier:
         # Signed per attempt: a retry after a long backoff must not arrive with a stale timestamp.
         headers = {"Content-Type": "application/json", "Farebox-Event-Id": eid,
                    "Farebox-Signature": sign(body, self._secret, int(self._clock.now()))}
+        import aiohttp
+
+        timeout = aiohttp.ClientTimeout(total=self._attempt_timeout_s)
         try:
-            async with self._session.post(url, data=body, headers=headers, timeout=self._attempt_timeout,
-                                          allow_redirects=False) as response:
+            async with self._session().post(url, data=body, headers=headers, timeout=timeout,
+                                            allow_redirects=False) as response:
                 status = response.status
         except aiohttp.InvalidURL as e:
             return _Try("give_up", _describe(e))

@@ -16,17 +16,18 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
-import aiohttp
 import orjson
+
+if TYPE_CHECKING:
+    import aiohttp
 
 # The API version our requests are rendered in (and the fake Stripe renders). Pinned so an
 # account-level upgrade in the Stripe dashboard cannot change the shapes we read.
 STRIPE_VERSION = "2025-03-31.basil"
 DEFAULT_TOLERANCE_S = 300  # Stripe's libraries' default webhook timestamp tolerance
-_TRANSPORT = (aiohttp.ClientError, OSError, TimeoutError)
 
 
 class StripeError(Exception):
@@ -183,7 +184,7 @@ class Stripe:
                          "User-Agent": "farebox"}
         self._session = session
         self._owns_session = session is None
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._timeout_s = timeout_s
 
     async def close(self) -> None:
         if self._owns_session and self._session is not None:
@@ -235,14 +236,17 @@ class Stripe:
             headers["Idempotency-Key"] = idempotency_key
             headers["Content-Type"] = "application/x-www-form-urlencoded"
             body = encode_form(params or {})
+        # Imported here, not with the module: a server with no Stripe key never needs aiohttp.
+        import aiohttp
+
         if self._session is None:
             self._session = aiohttp.ClientSession()
         try:
             async with self._session.request(method, self._base + path, data=body, headers=headers,
-                                             timeout=self._timeout) as response:
+                                             timeout=aiohttp.ClientTimeout(total=self._timeout_s)) as response:
                 raw = await response.read()
                 status, reply_headers = response.status, response.headers
-        except _TRANSPORT as e:
+        except (aiohttp.ClientError, OSError, TimeoutError) as e:
             # Whether Stripe acted is unknown: a retry with the same key finds out safely.
             text = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
             raise StripeError(f"could not reach Stripe: {text}", status=None, type="api_connection_error",
