@@ -8,7 +8,7 @@ import hashlib
 
 import pytest
 
-from farebox.tenancy.passwords import hash_password, verify_password
+from farebox.tenancy.passwords import decoy_hash, hash_password, verify_password
 
 N = 1024   # the smallest cost the settings allow: these tests are about format, not strength
 
@@ -87,3 +87,18 @@ def test_a_non_string_stored_hash_is_false_too():
 def test_bad_parameters_are_a_programming_error(n):
     with pytest.raises(ValueError):
         hash_password("pw-12345678", n=n)
+
+
+def test_a_decoy_hash_has_a_real_hashs_shape_and_matches_nothing():
+    decoy = decoy_hash(n=N)
+    real = hash_password("anything", n=N)
+    scheme, n, r, p, salt, digest = decoy.split("$")
+    # Shaped as a real hash with the same parameters, so verifying against it passes every
+    # format check and runs scrypt just as a real one does...
+    assert (scheme, n, r, p) == tuple(real.split("$")[:4])
+    assert len(base64.b64decode(salt, validate=True)) == 16 and len(base64.b64decode(digest, validate=True)) == 32
+    # ...but its digest is random: no password, not even the empty one, matches it.
+    assert not verify_password("anything", decoy) and not verify_password("", decoy)
+    assert decoy != decoy_hash(n=N)
+    with pytest.raises(ValueError):
+        decoy_hash(n=1000)

@@ -21,7 +21,7 @@ from farebox.clock import Clock
 from farebox.errors import Conflict, NotFound, Unauthorized
 from farebox.ids import Ids, key_hash
 from farebox.store.writer import GroupWriter
-from farebox.tenancy.passwords import hash_password, verify_password
+from farebox.tenancy.passwords import decoy_hash, hash_password, verify_password
 
 ROLES = ("owner", "admin", "member", "viewer")
 SESSION_PREFIX = "fbs-"
@@ -74,7 +74,7 @@ class Members:
         self._lock = asyncio.Lock()
         # A failed login for an unknown email still verifies against this, so the time a
         # login takes does not tell whether the email exists.
-        self._decoy = hash_password("farebox-decoy-password", n=password_n)
+        self._decoy = decoy_hash(n=password_n)
 
     # -- start-up ----------------------------------------------------------------
     def load(self, conn: sqlite3.Connection) -> None:

@@ -33,15 +33,31 @@ def _scrypt(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
                           maxmem=_maxmem(n, r, p), dklen=HASH_BYTES)
 
 
-def hash_password(password: str, *, n: int = 2**15, r: int = 8, p: int = 1, salt: bytes | None = None) -> str:
+def _check_parameters(n: int, r: int, p: int) -> None:
     if n < 2 or n & (n - 1) or n > _N_MAX:
         raise ValueError(f"scrypt n must be a power of two between 2 and {_N_MAX}, got {n}")
     if not 1 <= r <= _R_MAX or not 1 <= p <= _P_MAX:
         raise ValueError(f"scrypt r and p out of range: r={r}, p={p}")
-    salt = os.urandom(SALT_BYTES) if salt is None else salt
-    digest = _scrypt(password, salt, n, r, p)
+
+
+def _encode(n: int, r: int, p: int, salt: bytes, digest: bytes) -> str:
     return "$".join(("scrypt", str(n), str(r), str(p), base64.b64encode(salt).decode(),
                      base64.b64encode(digest).decode()))
+
+
+def hash_password(password: str, *, n: int = 2**15, r: int = 8, p: int = 1, salt: bytes | None = None) -> str:
+    _check_parameters(n, r, p)
+    salt = os.urandom(SALT_BYTES) if salt is None else salt
+    return _encode(n, r, p, salt, _scrypt(password, salt, n, r, p))
+
+
+def decoy_hash(*, n: int = 2**15, r: int = 8, p: int = 1) -> str:
+    """A stored hash no password matches, made without running scrypt: its digest is random.
+    Verifying a password against it costs exactly what verifying against a real hash with
+    the same parameters costs, which is all a decoy is for. (Hashing a decoy password at
+    start-up took 0.1 s and 32 MiB, issue 7.)"""
+    _check_parameters(n, r, p)
+    return _encode(n, r, p, os.urandom(SALT_BYTES), os.urandom(HASH_BYTES))
 
 
 def verify_password(password: str, stored: str) -> bool:
