@@ -76,8 +76,7 @@ class Gateway:
         self.catalog = catalog or load_catalog(builtin=settings.catalog_builtin, extra_path=settings.catalog_path,
                                                env=env)
         self.store = Store(settings.database_file, settings.sqlite_synchronous)
-        self.writer = GroupWriter(self.store.writer_conn, settings.writer_batch_max,
-                                  inline=settings.sqlite_synchronous == "NORMAL")  # see store/writer.py
+        self.writer = GroupWriter(self.store.writer_conn, settings.writer_batch_max)
         self.checkpointer = Checkpointer(settings.database_file, settings.sqlite_checkpoint_interval_s)
         self.book = Book(self.clock, settings.hold_timeout_s)
         self.ledger = Ledger(self.book, self.writer, self.clock, settings.hold_sweep_interval_s)

@@ -308,7 +308,7 @@ class Ledger:
                      content: dict[str, Any] | None = None) -> None:
         """Make a settlement and its generation record (and, with prompt logging, its
         content) durable, or undo it in memory."""
-        future = self.writer.submit(ops.SettleOp(settlement.entries, generation, content), inline=True)
+        future = self.writer.submit(ops.SettleOp(settlement.entries, generation, content))
 
         def reverted(f: asyncio.Future[None]) -> None:
             # In a callback, not in an except clause: the book must follow the database

@@ -6,12 +6,6 @@ transaction holding the operation has committed, which is what lets the relay se
 response's final bytes only once its charge is durable. Futures of a batch are resolved
 with a single hop back to the event loop. If a batch fails, its operations are retried
 one by one so one bad operation cannot fail its neighbours.
-
-When nothing is queued or being written, a short operation may run at once on the
-caller's thread instead (`submit(op, inline=True)`, only on a writer made with
-`inline=True`): at low load the two thread hops (wake the writer, wake the loop) were a
-large part of a request's latency. It is only allowed where a commit does not fsync
-(synchronous=NORMAL), so the loop never waits for the disk.
 """
 
 from __future__ import annotations
@@ -35,18 +29,9 @@ class WriterStopped(RuntimeError):
 
 
 class GroupWriter:
-    def __init__(self, conn: sqlite3.Connection, batch_max: int = 2048, *, inline: bool = False) -> None:
+    def __init__(self, conn: sqlite3.Connection, batch_max: int = 2048) -> None:
         self._conn = conn
         self._batch_max = batch_max
-        self._inline = inline
-        # The connection's owner at any moment: the writer thread for a batch, or a caller
-        # running one operation inline.
-        self._lock = threading.Lock()
-        # Each counter has one writer thread, so neither needs a lock: submitted - committed
-        # is what is queued or being written.
-        self._submitted = 0   # only the event loop's thread changes it
-        self._committed = 0   # only the writer thread changes it
-        self.inline_ops = 0
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="farebox-writer", daemon=True)
         self._stopped = False
@@ -56,26 +41,11 @@ class GroupWriter:
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, op: Op, *, inline: bool = False) -> asyncio.Future[Any]:
+    def submit(self, op: Op) -> asyncio.Future[Any]:
         if self._stopped:
             raise WriterStopped("the writer has stopped")
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        if inline and self._inline and self._submitted == self._committed and self._lock.acquire(blocking=False):
-            try:
-                # Checked again with the lock held: everything submitted before is committed,
-                # so running this now keeps the submission order.
-                if self._submitted == self._committed:
-                    try:
-                        future.set_result(self._transaction([op])[0])
-                    except Exception as e:
-                        log.warning("write failed: %r", e)
-                        future.set_exception(e)
-                    self.inline_ops += 1
-                    return future
-            finally:
-                self._lock.release()
-        self._submitted += 1
         self._queue.put((op, future, loop))
         return future
 
@@ -123,9 +93,7 @@ class GroupWriter:
                 except queue.Empty:
                     break
             if batch:
-                with self._lock:
-                    self._commit(batch)
-                    self._committed += len(batch)
+                self._commit(batch)
 
     def _commit(self, batch: list[tuple[Op, asyncio.Future[Any], asyncio.AbstractEventLoop]]) -> None:
         outcomes: list[tuple[bool, Any]]
