@@ -40,7 +40,10 @@ def generation_record(req: ChatRequest, o: Outcome, cost: Cost, settlement: Sett
         "native_tokens_cache_write": u.cache_write_tokens, "usage_estimated": u.estimated,
         "num_media_prompt": req.prompt.images, "total_cost_nanos": settlement.charged + settlement.overrun,
         "charged_nanos": settlement.charged, "overrun_nanos": settlement.overrun, "hold_nanos": hold_amount,
-        "cost_items_attos": cost.items(), "cache_discount_attos": cost.cache_discount,
+        # Atto-dollars as decimal strings: an item over $18.45 is beyond the 64-bit integers
+        # a JSON encoder (orjson) writes, and its charge could not have been recorded.
+        "cost_items_attos": {k: str(v) for k, v in cost.items().items()},
+        "cache_discount_attos": str(cost.cache_discount),
         "provider_responses": o.attempts, "http_referer": req.http_referer, "app_title": req.title,
         "user_agent": req.user_agent, "external_user": body.get("user") if isinstance(body.get("user"), str) else None,
         "session_id": body.get("session_id") if isinstance(body.get("session_id"), str) else None,

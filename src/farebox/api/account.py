@@ -13,6 +13,7 @@ from farebox.api.wire import generation_wire, key_wire
 from farebox.billing.purchases import quote
 from farebox.errors import BadRequest, NotFound
 from farebox.money import MoneyFormatError, parse_usd
+from farebox.store import sqlite as ops
 from farebox.tenancy import access
 
 if TYPE_CHECKING:
@@ -69,9 +70,9 @@ def _load_content(conn: sqlite3.Connection, gen_id: str, org_id: int, workspace_
 
 
 def _load_generation(conn: sqlite3.Connection, gen_id: str, org_id: int, workspace_id: int) -> dict[str, Any] | None:
-    row = conn.execute("SELECT data FROM generations WHERE id = ? AND org_id = ? AND workspace_id = ?",
+    row = conn.execute(f"{ops.SELECT_GENERATION} WHERE id = ? AND org_id = ? AND workspace_id = ?",
                        (gen_id, org_id, workspace_id)).fetchone()
-    return None if row is None else orjson.loads(row[0])
+    return None if row is None else ops.generation_from_row(row)
 
 
 async def quote_purchase(gw: Gateway, req: Request) -> Response:

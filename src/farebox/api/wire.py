@@ -133,12 +133,13 @@ def generation_wire(g: dict[str, Any]) -> dict[str, Any]:
         "total_cost": usd_json(g["total_cost_nanos"]), "usage": usd_json(g["charged_nanos"]),
         # BYOK: what the provider charged the workspace's own account, at list price.
         "upstream_inference_cost": usd_json(g["byok_cost_nanos"] if g.get("is_byok") else g["total_cost_nanos"]),
-        "cache_discount": _signed_usd(g.get("cache_discount_attos", 0)),
+        "cache_discount": _signed_usd(int(g.get("cache_discount_attos", 0))),
         "web_search_engine": None, "service_tier": None, "data_region": None, "preset_id": None,
         "workspace_id": g.get("workspace_id"),
         "provider_responses": g.get("provider_responses", []),
         # Farebox additions: the exact line items, the hold and any overrun.
-        "cost_details": {k: _signed_usd(v) for k, v in items.items()},
+        # Strings in records since they could exceed 64 bits (generation.py); ints before.
+        "cost_details": {k: _signed_usd(int(v)) for k, v in items.items()},
         "hold": usd_json(g.get("hold_nanos", 0)), "overrun": usd_json(g.get("overrun_nanos", 0)),
         "usage_estimated": g.get("usage_estimated", False),
     }
