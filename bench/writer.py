@@ -217,7 +217,7 @@ def run_once(count: int, *, inflight: int, batch_max: int, rate: int, directory:
     try:
         granted = setup(store, count)
         writer = GroupWriter(store.writer_conn, batch_max)
-        checkpointer = Checkpointer(path, 1.0)   # the gateway's default interval
+        checkpointer = Checkpointer(path, 1.0, finish=writer.finish_checkpoint)   # as the gateway runs it
         writer.start()
         checkpointer.start()
         try:

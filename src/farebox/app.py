@@ -77,7 +77,9 @@ class Gateway:
                                                env=env)
         self.store = Store(settings.database_file, settings.sqlite_synchronous)
         self.writer = GroupWriter(self.store.writer_conn, settings.writer_batch_max)
-        self.checkpointer = Checkpointer(settings.database_file, settings.sqlite_checkpoint_interval_s)
+        self.checkpointer = Checkpointer(settings.database_file, settings.sqlite_checkpoint_interval_s,
+                                         finish=self.writer.finish_checkpoint,
+                                         finish_at_bytes=settings.sqlite_wal_restart_mb * 2**20)
         self.book = Book(self.clock, settings.hold_timeout_s)
         self.ledger = Ledger(self.book, self.writer, self.clock, settings.hold_sweep_interval_s)
         self.directory = Directory(self.writer, self.book, self.clock, self.ids)

@@ -37,3 +37,71 @@ def test_checkpoints_move_the_wal_into_the_database(tmp_path):
     conn = sqlite3.connect(path)
     assert conn.execute("SELECT COUNT(*) FROM entries").fetchone()[0] == 200
     conn.close()
+
+
+def _store_with_wal(path):
+    """A store whose WAL holds 50 commits of about 4 KB each (automatic checkpoints are off)."""
+    store = Store(path)
+    writer = GroupWriter(store.writer_conn)
+    writer.run_sync(lambda conn: conn.execute("CREATE TABLE filler (x)"))
+    for _ in range(50):
+        writer.run_sync(lambda conn: conn.execute("INSERT INTO filler VALUES (randomblob(4000))"))
+    return store
+
+
+def _wait_for(predicate, what):
+    deadline = time.monotonic() + 30   # a guard against a hang, not a measurement
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def test_past_its_size_limit_the_wal_is_finished_by_the_writer(tmp_path):
+    # Under steady load a checkpointer pass never reaches the end of the WAL (commits keep
+    # coming during its fsyncs), so SQLite would never start the WAL over: past the limit,
+    # the checkpointer asks the writer to finish the pass between two batches.
+    store = _store_with_wal(tmp_path / "c.db")
+    asked = []
+    checkpointer = Checkpointer(store.path, interval_s=0.01, finish=lambda: asked.append(1), finish_at_bytes=4096)
+    checkpointer.start()
+    _wait_for(lambda: checkpointer.finishes >= 2, "the checkpointer never asked the writer to finish")
+    checkpointer.stop()
+    assert len(asked) == checkpointer.finishes
+    store.close()
+
+
+def test_below_its_size_limit_the_writer_is_left_alone(tmp_path):
+    store = _store_with_wal(tmp_path / "c.db")
+    asked = []
+    checkpointer = Checkpointer(store.path, interval_s=0.01, finish=lambda: asked.append(1),
+                                finish_at_bytes=2**30)
+    checkpointer.start()
+    _wait_for(lambda: checkpointer.checkpoints >= 3, "no checkpoint ran")
+    checkpointer.stop()
+    assert asked == [] and checkpointer.finishes == 0
+    store.close()
+
+
+def test_the_writer_finishes_a_checkpoint_after_its_next_batch_and_the_wal_starts_over(tmp_path):
+    import asyncio
+    import sqlite3
+
+    store = _store_with_wal(tmp_path / "c.db")
+    frames_before = sqlite3.connect(store.path).execute("PRAGMA wal_checkpoint(NOOP)").fetchone()
+    writer = GroupWriter(store.writer_conn)
+    writer.start()
+
+    async def main():
+        writer.finish_checkpoint()
+        await writer.submit(lambda conn: conn.execute("INSERT INTO filler VALUES (1)"))
+        await writer.submit(lambda conn: conn.execute("INSERT INTO filler VALUES (2)"))
+        # On the writer thread, once, between those two batches (which it runs in turn).
+        assert writer.checkpoints == 1
+
+    asyncio.run(main())
+    writer.stop()
+    # The WAL was copied whole, so the next transaction started it over: it now holds only
+    # that transaction's frames, not the 50 commits before.
+    _, frames_after, _ = sqlite3.connect(store.path).execute("PRAGMA wal_checkpoint(NOOP)").fetchone()
+    assert frames_before[1] >= 50 and frames_after < 10, (frames_before, frames_after)
+    store.close()

@@ -35,8 +35,10 @@ class GroupWriter:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="farebox-writer", daemon=True)
         self._stopped = False
+        self._checkpoint_wanted = False   # set by the checkpointer's thread, read by this one
         self.batches = 0
         self.ops = 0
+        self.checkpoints = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -48,6 +50,12 @@ class GroupWriter:
         future = loop.create_future()
         self._queue.put((op, future, loop))
         return future
+
+    def finish_checkpoint(self) -> None:
+        """Ask the writer thread to checkpoint, after its next batch, the frames the
+        checkpointer's own pass could not reach (store/checkpoint.py). No lock: a flag one
+        thread sets and the other clears, where a lost or a repeated request is harmless."""
+        self._checkpoint_wanted = True
 
     def run_sync(self, op: Op) -> Any:
         """Run one operation in its own transaction on the caller's thread; only for
@@ -94,6 +102,18 @@ class GroupWriter:
                     break
             if batch:
                 self._commit(batch)
+            if self._checkpoint_wanted:
+                self._checkpoint_wanted = False
+                self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        # Outside any transaction, and nothing else writes meanwhile: this pass reaches the
+        # end of the WAL, so the next transaction starts it over from its beginning.
+        try:
+            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            self.checkpoints += 1
+        except sqlite3.Error as e:
+            log.warning("WAL checkpoint on the writer failed: %r", e)
 
     def _commit(self, batch: list[tuple[Op, asyncio.Future[Any], asyncio.AbstractEventLoop]]) -> None:
         outcomes: list[tuple[bool, Any]]
