@@ -17,7 +17,7 @@ from farebox.ledger.ledger import Ledger
 from farebox.ledger.verify import verify_store
 from farebox.store import sqlite as ops
 from farebox.store.schema import MIGRATIONS
-from farebox.store.sqlite import Store, connect
+from farebox.store.sqlite import Store, connect, migrate
 from farebox.store.writer import GroupWriter
 
 W = wallet(1)
@@ -28,15 +28,7 @@ def database_at_version_5(path: Path) -> None:
     """A database as the release before migration 6 left it: migrations 1 to 5, applied as
     `migrate` applies them, with a wallet that has two lots and a charge that drew from one."""
     conn = connect(path, "NORMAL")
-    conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER)")
-    for version, sql in MIGRATIONS:
-        if version > 5:
-            break
-        conn.execute("BEGIN IMMEDIATE")
-        for statement in ops._statements(sql):
-            conn.execute(statement)
-        conn.execute("INSERT INTO schema_migrations VALUES (?, 0)", (version,))
-        conn.execute("COMMIT")
+    assert migrate(conn, through=5) == 5
     conn.execute("BEGIN IMMEDIATE")
     conn.execute("INSERT INTO organizations (id, name, created_at) VALUES (1, 'o', 0)")
     ops.ensure_account(conn, W, 1, "wallet")

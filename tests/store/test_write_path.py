@@ -16,7 +16,7 @@ from farebox.ledger.entries import GRANTS, REVENUE, Entry, wallet
 from farebox.ledger.verify import verify_store
 from farebox.store import sqlite as ops
 from farebox.store.schema import MIGRATIONS
-from farebox.store.sqlite import WRITER_CACHE_KIB, Store, connect
+from farebox.store.sqlite import WRITER_CACHE_KIB, Store, connect, migrate
 from farebox.store.writer import GroupWriter
 
 W = wallet(1)
@@ -32,15 +32,7 @@ def database_at_version_6(path: Path) -> None:
     """A database as the release before migration 7 left it (migrations 1 to 6, applied as
     `migrate` applies them) with a grant and two settled charges."""
     conn = connect(path, "NORMAL")
-    conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER)")
-    for version, sql in MIGRATIONS:
-        if version > 6:
-            break
-        conn.execute("BEGIN IMMEDIATE")
-        for statement in ops._statements(sql):
-            conn.execute(statement)
-        conn.execute("INSERT INTO schema_migrations VALUES (?, 0)", (version,))
-        conn.execute("COMMIT")
+    assert migrate(conn, through=6) == 6
     conn.execute("BEGIN IMMEDIATE")
     conn.execute("INSERT INTO organizations (id, name, created_at) VALUES (1, 'o', 0)")
     ops.ensure_account(conn, W, 1, "wallet")

@@ -41,9 +41,13 @@ def connect(path: Path, synchronous: str) -> sqlite3.Connection:
     return conn
 
 
-def migrate(conn: sqlite3.Connection) -> int:
+def migrate(conn: sqlite3.Connection, through: int | None = None) -> int:
+    """Apply the migrations not yet applied, up to `through` (default: all of them; an
+    earlier version builds a database as an older release left it, for upgrade tests)."""
     conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER)")
     for version, sql in MIGRATIONS:
+        if through is not None and version > through:
+            return through
         conn.execute("BEGIN IMMEDIATE")
         try:
             # Checked inside the write transaction, so two processes starting on the same
