@@ -48,6 +48,7 @@ from farebox.clock import Clock, FakeClock
 from farebox.ids import Ids
 from farebox.ledger.entries import GRANTS, REVENUE, Entry, wallet
 from farebox.ledger.verify import verify_store
+from farebox.settings import Settings
 from farebox.store import sqlite as ops
 from farebox.store.checkpoint import Checkpointer
 from farebox.store.sqlite import Store
@@ -217,7 +218,8 @@ def run_once(count: int, *, inflight: int, batch_max: int, rate: int, directory:
     try:
         granted = setup(store, count)
         writer = GroupWriter(store.writer_conn, batch_max)
-        checkpointer = Checkpointer(path, 1.0, finish=writer.finish_checkpoint)   # as the gateway runs it
+        checkpointer = Checkpointer(path, Settings().sqlite_checkpoint_interval_s,   # as the gateway runs it
+                                    finish=writer.finish_checkpoint)
         writer.start()
         checkpointer.start()
         try:

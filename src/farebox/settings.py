@@ -34,7 +34,7 @@ class Settings:
     port: int = _s(8080, "Port `farebox serve` listens on.", minimum=0)
     database_path: str = _s("", "SQLite database file; empty means `<home>/farebox.db`.")
     sqlite_synchronous: str = _s("NORMAL", "SQLite `synchronous` pragma: NORMAL survives a process crash, FULL also a power loss.", choices=("NORMAL", "FULL"))
-    sqlite_checkpoint_interval_s: float = _s(1.0, "Seconds between WAL checkpoints, run off the commit path so no response waits for their fsyncs.", minimum=0.01)
+    sqlite_checkpoint_interval_s: float = _s(0.1, "Seconds between WAL checkpoints, run off the commit path so no response waits for their fsyncs; short, so each has little to sync (see store/checkpoint.py).", minimum=0.01)
     sqlite_wal_restart_mb: int = _s(256, "WAL size (MiB) at which the ledger writer finishes a checkpoint itself so the WAL starts over, pausing commits for two small fsyncs; under steady load the WAL never starts over otherwise.", minimum=1)
     writer_batch_max: int = _s(2048, "Most ledger entries and generation records committed in one group-commit transaction.", minimum=1)
     http_keepalive_s: float = _s(30.0, "Seconds a client's idle keep-alive connection stays open.", minimum=0.01)
