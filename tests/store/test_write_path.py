@@ -114,14 +114,20 @@ def test_the_writer_connection_keeps_a_larger_page_cache(tmp_path: Path) -> None
         store.close()
 
 
+def store_with_wallet(tmp_path: Path) -> tuple[Store, GroupWriter]:
+    """A fresh store with organization 1 and its wallet, and a writer not yet started."""
+    store = Store(tmp_path / "x.db")
+    writer = GroupWriter(store.writer_conn)
+    writer.run_sync(lambda conn: (conn.execute("INSERT INTO organizations (id, name, created_at) VALUES (1, 'o', 0)"),
+                                  ops.ensure_account(conn, W, 1, "wallet")))
+    return store, writer
+
+
 def test_entries_with_and_without_a_memo_keep_their_order_and_memos(tmp_path: Path) -> None:
     # Charges (no memo) and overruns (a memo) go through different statements; the ids must
     # still follow the order the book applied them in, which the lots replay relies on.
-    store = Store(tmp_path / "x.db")
-    writer = GroupWriter(store.writer_conn)
+    store, writer = store_with_wallet(tmp_path)
     try:
-        writer.run_sync(lambda conn: (conn.execute("INSERT INTO organizations (id, name, created_at) VALUES (1, 'o', 0)"),
-                                      ops.ensure_account(conn, W, 1, "wallet")))
         memos = [None, None, "m1", None, "m2", "m3", None]
         entries = [Entry("grant", GRANTS, W, i + 1, f"grant:{i}", 1, 1, memo=m) for i, m in enumerate(memos)]
         writer.run_sync(lambda conn: ops.post_entries(conn, entries))
@@ -135,11 +141,8 @@ def test_entries_with_and_without_a_memo_keep_their_order_and_memos(tmp_path: Pa
 def test_settlements_with_and_without_a_project_store_every_column(tmp_path: Path) -> None:
     # One batch mixing records that name a project and records that do not: each stores its
     # own project (or NULL) and its whole record as a JSON BLOB, as before.
-    store = Store(tmp_path / "x.db")
-    writer = GroupWriter(store.writer_conn)
+    store, writer = store_with_wallet(tmp_path)
     try:
-        writer.run_sync(lambda conn: (conn.execute("INSERT INTO organizations (id, name, created_at) VALUES (1, 'o', 0)"),
-                                      ops.ensure_account(conn, W, 1, "wallet")))
         writer.run_sync(lambda conn: ops.post_entries(conn, [Entry("grant", GRANTS, W, 1000, "grant:a", 1, 1)]))
         records = []
         for i, project in enumerate([None, 7, 7, None, 9]):
