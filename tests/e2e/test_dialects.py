@@ -244,12 +244,14 @@ def test_a_mid_stream_upstream_error_ends_the_stream_and_bills_what_was_sent(fun
 
 def test_an_overloaded_anthropic_endpoint_fails_over_to_the_next(make_gateway, sim_url):
     """Retryable errors from any dialect move on: an Anthropic endpoint answering 529 is
-    followed by a Gemini one serving the same model."""
+    followed by a Gemini one serving the same model. Sorting by price makes the overloaded
+    (cheaper) endpoint first every time; load balancing would put Gemini first one time in 32."""
     gw = make_gateway()
     gw.org("fo", "5.00")
     key, _ = gw.key("fo")
     completion = client(gw, key).chat.completions.create(
-        model="sim/claude-or-gemini", messages=[{"role": "user", "content": "Hello"}])
+        model="sim/claude-or-gemini", messages=[{"role": "user", "content": "Hello"}],
+        extra_body={"provider": {"sort": "price"}})
     assert completion.model_extra["provider"] == "Farebox Simulator (Gemini)"
     attempts = generation(gw, key, completion.id)["provider_responses"]
     assert [(a["provider_name"], a["status"]) for a in attempts] == [

@@ -40,7 +40,7 @@ def test_one_model_many_providers_each_billed_at_its_own_price(funded):
     before = gw.balance(org)
     served: Counter[str] = Counter()
     spent = Decimal(0)
-    for _ in range(40):
+    for _ in range(120):
         completion = ask(gw, key, max_tokens=50)
         name = completion.model_extra["provider"]
         served[name] += 1
@@ -50,6 +50,7 @@ def test_one_model_many_providers_each_billed_at_its_own_price(funded):
         spent += cost
         assert completion.model == "sim/open"
     # Load balancing favours the cheapest: Budget has 1/price² weight 2.25x Flaky's, 4x the main one's.
+    # Over 120 draws another provider comes out ahead about once in 100,000 runs (40 draws: 1 in 125).
     assert served["Farebox Simulator (Budget)"] == max(served.values())
     assert gw.balance(org) == before - spent
 
