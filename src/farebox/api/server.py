@@ -162,7 +162,10 @@ class Cycle:
         else:
             out += body
         if out:
-            conn.write(out)
+            if more:
+                conn.write_soon(out)
+            else:
+                conn.write(out)
         if not more:
             self.response_done = True
             self.wake()  # a `receive` waiting for the client to leave returns now
@@ -200,6 +203,11 @@ class Cycle:
         return b"".join(lines)
 
 
+# Corked stream writes go out at once past either limit (a few KB of events each, usually).
+_CORK_WRITES_MAX = 64
+_CORK_BYTES_MAX = 16384
+
+
 class HttpProtocol(asyncio.Protocol):
     """One client connection."""
 
@@ -221,6 +229,7 @@ class HttpProtocol(asyncio.Protocol):
         self.writing_paused = False
         self._drain: asyncio.Future[None] | None = None
         self.closed = False
+        self._corked: list[bytes] = []             # stream writes waiting for the end of this loop pass
         self.last_active = 0.0
         self.task: asyncio.Task[None] | None = None
 
@@ -390,8 +399,27 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.resume_reading()
 
     def write(self, data: bytes) -> None:
+        if self._corked:
+            self._corked.append(data)
+            data = b"".join(self._corked)
+            self._corked.clear()
         if self.transport is not None and not self.closed:
             self.transport.write(data)
+
+    def write_soon(self, data: bytes) -> None:
+        """Write at the end of this pass of the event loop, with whatever else is written
+        meanwhile: the events of a stream that arrived together in one upstream read leave in
+        one send, not one each, and none waits longer than the rest of this pass."""
+        corked = self._corked
+        if not corked:
+            self.loop.call_soon(self._uncork)
+        corked.append(data)
+        if len(corked) >= _CORK_WRITES_MAX or len(data) >= _CORK_BYTES_MAX:
+            self.write(b"")   # large or many: out now, so the transport's backpressure sees them
+
+    def _uncork(self) -> None:
+        if self._corked:
+            self.write(b"")
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:
