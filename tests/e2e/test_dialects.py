@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from tests.e2e.conftest import client
-from tests.e2e.procs import http
+from tests.e2e.procs import Gateway, http
 
 # model -> (prompt, completion, cache read, cache write) in USD per token, from sim_catalog.
 PRICES = {
@@ -203,10 +203,25 @@ ERRORS = [
 CASES = [(d, s, t, m, code) for d, s, t, codes in ERRORS for m, code in codes.items()]
 
 
+@pytest.fixture(scope="module")
+def erring(sim_url, tmp_path_factory):
+    """A gateway of its own for the injected failures. On the shared one they put endpoints
+    in outage for 30 s, and the tests that came next got 503s (with -k, or in another order);
+    here no number of errors is an outage, so each case sees its own error."""
+    gw = Gateway(tmp_path_factory.mktemp("erring"), sim_url, {"FAREBOX_HEALTH_OUTAGE_FAILURES": "1000000"}).start()
+    org = "erring"
+    gw.org(org, "5.00")
+    key, _ = gw.key(org)
+    yield gw, org, key
+    report = gw.verify()
+    gw.stop()
+    assert report["ok"], report
+
+
 @pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize(("directive", "status", "error_type", "model", "code"), CASES)
-def test_upstream_errors_become_openrouter_errors(funded, directive, status, error_type, model, code, stream):
-    gw, org, key = funded
+def test_upstream_errors_become_openrouter_errors(erring, directive, status, error_type, model, code, stream):
+    gw, org, key = erring
     before = gw.balance(org)
     body = {"model": model, "stream": stream,
             "messages": [{"role": "user", "content": f"A question of some length [[sim {directive}]]"}]}
