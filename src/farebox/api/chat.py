@@ -66,7 +66,14 @@ async def stream_to_client(gw: Gateway, req: Request, chat: ChatRequest, sink: S
     event propagate (a plain JSON error with its status); later ones end the stream
     through `sink.fail`."""
     sink = sink or SseSink(req.send, chat.gen_id)
-    watcher = asyncio.get_running_loop().create_task(_watch(req.receive, sink))
+    # Our server calls back when the client leaves; under another ASGI server a task waits
+    # on `receive` for the disconnect.
+    on_disconnect = req.scope.get("extensions", {}).get("farebox.on_disconnect")
+    watcher = None
+    if on_disconnect is not None:
+        on_disconnect(sink.left)
+    else:
+        watcher = asyncio.get_running_loop().create_task(_watch(req.receive, sink))
     try:
         await gw.relay.stream(chat, sink)
     except FareboxError as e:
@@ -79,7 +86,10 @@ async def stream_to_client(gw: Gateway, req: Request, chat: ChatRequest, sink: S
             raise
         await sink.fail(_internal_chunk(chat, InternalError(f"Internal error: {type(e).__name__}")))
     finally:
-        watcher.cancel()
+        if watcher is not None:
+            watcher.cancel()
+        elif on_disconnect is not None:
+            on_disconnect(None)
         await sink.close()
 
 
@@ -95,8 +105,7 @@ async def _watch(receive: Callable[..., Any], sink: SseSink) -> None:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            if not sink.ended:
-                sink.gone()
+            sink.left()
             return
 
 
@@ -121,6 +130,11 @@ class SseSink:
         self.disconnected = True
         if self._on_disconnect is not None:
             self._on_disconnect()
+
+    def left(self) -> None:
+        """The client's connection closed: it is gone unless the stream had already ended."""
+        if not self.ended:
+            self.gone()
 
     async def _write(self, data: bytes, more: bool = True) -> None:
         if not self.started:

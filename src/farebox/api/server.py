@@ -78,9 +78,9 @@ class Cycle:
     """One request and its response: the scope, the body as it arrives, and the ASGI
     `receive` and `send` the application gets."""
 
-    __slots__ = ("_waiter", "body", "body_done", "body_given", "chunked", "conn", "continue_sent", "disconnected",
-                 "expect_continue", "head_only", "head_written", "headers", "keep_alive", "response_done",
-                 "response_started", "scope", "status")
+    __slots__ = ("_gone", "_waiter", "body", "body_done", "body_given", "chunked", "conn", "continue_sent",
+                 "disconnected", "expect_continue", "head_only", "head_written", "headers", "keep_alive",
+                 "response_done", "response_started", "scope", "status")
 
     def __init__(self, conn: HttpProtocol, scope: dict[str, Any], keep_alive: bool, expect_continue: bool) -> None:
         self.conn = conn
@@ -93,6 +93,7 @@ class Cycle:
         self.body_done = False         # the parser has seen the whole request body
         self.body_given = False        # ... and the application has received all of it
         self._waiter: asyncio.Future[None] | None = None
+        self._gone: Callable[[], None] | None = None
         self.disconnected = False
         self.response_started = False
         self.head_written = False
@@ -100,6 +101,20 @@ class Cycle:
         self.chunked = False
         self.status = 0
         self.headers: Any = ()
+
+    def on_disconnect(self, callback: Callable[[], None] | None) -> None:
+        """Call `callback` once if the client leaves before the response ends (None: no
+        longer): what a task awaiting `receive` would learn, without a task per stream. The
+        application finds it as the scope's extension "farebox.on_disconnect"."""
+        self._gone = callback
+
+    def left(self) -> None:
+        """The connection closed under this request."""
+        self.disconnected = True
+        self.wake()
+        gone, self._gone = self._gone, None
+        if gone is not None and not self.response_done:
+            gone()
 
     def wake(self) -> None:
         """Body bytes arrived, the body ended, the response ended or the client left."""
@@ -264,8 +279,7 @@ class HttpProtocol(asyncio.Protocol):
         self.server.connections.discard(self)
         for cycle in (self.cycle, *self.queue):
             if cycle is not None:
-                cycle.disconnected = True
-                cycle.wake()
+                cycle.left()
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
 
@@ -319,6 +333,7 @@ class HttpProtocol(asyncio.Protocol):
                  "scheme": "http", "path": path, "raw_path": raw_path, "query_string": query, "root_path": "",
                  "headers": self.headers, "client": self.client, "server": self.local, "state": {}}
         cycle = Cycle(self, scope, parser.should_keep_alive(), expect)
+        scope["extensions"] = {"farebox.on_disconnect": cycle.on_disconnect}
         self.parsing = cycle
         if self.cycle is None:
             self._run(cycle)
