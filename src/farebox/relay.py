@@ -18,6 +18,7 @@ from farebox.choices import choice_text, excludes_reasoning, native_finish, stri
 from farebox.clock import Clock
 from farebox.errors import FareboxError, Forbidden, InsufficientCredits, UpstreamTimeout
 from farebox.generation import generation_record, logged_content, usage_wire
+from farebox.keepalive import ClientGone, first_token
 from farebox.ledger.book import Hold, Settlement, Shortfall
 from farebox.ledger.byok import ByokMeter
 from farebox.ledger.caps import Cap
@@ -100,10 +101,6 @@ class Outcome:
     attempt_started: float | None = None   # when the serving attempt began (monotonic)
     byok: bool = False                     # served on the workspace's own provider key
     completion_text: str | None = None     # what the client received, kept only with prompt logging
-
-
-class ClientGone(Exception):
-    pass
 
 
 T = TypeVar("T")
@@ -366,7 +363,7 @@ class Relay:
         self.admit(req)
 
         async def attempt(call: Call) -> tuple[tuple[UpstreamStream, list[dict[str, Any]], bool], str | None]:
-            opened = await self._open(call, sink)
+            opened = await first_token(self._open_first(call), sink, self.settings.sse_keepalive_s)
             return opened, opened[0].upstream_id
 
         try:
@@ -386,26 +383,6 @@ class Relay:
         upstream, held, ended = served.result
         await self._relay_stream(req, served.hold, sink, served.endpoint, upstream, held, ended, served.attempts,
                                  served.started, served.byok)
-
-    async def _open(self, call: Call, sink: Sink) -> tuple[UpstreamStream, list[dict[str, Any]], bool]:
-        """Open the upstream stream and read up to its first chunk with choices, sending
-        keep-alive comments to the client while it waits."""
-        task = asyncio.get_running_loop().create_task(self._open_first(call))
-        try:
-            while True:
-                done, _ = await asyncio.wait((task,), timeout=self.settings.sse_keepalive_s)
-                if done:
-                    return task.result()
-                if sink.disconnected:
-                    raise ClientGone
-                await sink.keepalive()
-        finally:
-            if not task.done():
-                task.cancel()
-                try:
-                    await task
-                except (asyncio.CancelledError, FareboxError):
-                    pass
 
     async def _open_first(self, call: Call) -> tuple[UpstreamStream, list[dict[str, Any]], bool]:
         """Open the stream and read until its first chunk that carries something (a token,

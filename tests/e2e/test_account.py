@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client as httpclient
 import json
 import os
+import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -274,6 +277,40 @@ def test_client_leaving_before_the_first_token_costs_nothing_and_is_recorded(mak
     assert [a["status"] for a in record["provider_responses"]] == [499]
     assert gw.balance("early") == 1
     while time.monotonic() < deadline:  # and the upstream request was abandoned too
+        _, stats, _ = http("GET", f"{sim_url}/_sim/stats")
+        if stats["requests_disconnected"] > stats_before["requests_disconnected"]:
+            break
+        time.sleep(0.05)
+    assert stats["requests_disconnected"] > stats_before["requests_disconnected"]
+
+
+def test_client_leaving_before_the_first_token_is_heard_at_once_not_at_the_next_keepalive(make_gateway, sim_url):
+    # Keep-alives a minute apart and a first token 40 s away: only the disconnect itself can
+    # end this wait within the test's deadline.
+    gw = make_gateway(sse_keepalive_s=60, upstream_first_byte_timeout_s=120, upstream_timeout_s=120)
+    gw.org("impatient", "1.00")
+    key, _ = gw.key("impatient")
+    _, stats_before, _ = http("GET", f"{sim_url}/_sim/stats")
+    body = json.dumps({"model": "sim/small", "stream": True, "messages": MSG, "sim": {"ttft_ms": 40000}}).encode()
+    host, port = gw.url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    sock.sendall(b"POST /api/v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Authorization: Bearer " + key.encode() + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:  # the gateway's upstream request is under way
+        _, stats, _ = http("GET", f"{sim_url}/_sim/stats")
+        if stats["active_requests"] > stats_before["active_requests"]:
+            break
+        time.sleep(0.02)
+    sock.close()
+    rows: list[tuple[int, int]] = []
+    while time.monotonic() < deadline and not rows:
+        with contextlib.closing(sqlite3.connect(gw.home / "farebox.db")) as db:
+            rows = db.execute("SELECT cancelled, charged FROM generations").fetchall()
+        time.sleep(0.05)
+    assert rows == [(1, 0)], "the wait for the first token did not end when the client left"
+    assert gw.balance("impatient") == 1
+    while time.monotonic() < deadline:  # the upstream request was abandoned too
         _, stats, _ = http("GET", f"{sim_url}/_sim/stats")
         if stats["requests_disconnected"] > stats_before["requests_disconnected"]:
             break

@@ -123,7 +123,7 @@ class SseSink:
         self.started = self.ended = self.disconnected = False
         self._on_disconnect: Callable[[], None] | None = None
 
-    def on_disconnect(self, callback: Callable[[], None]) -> None:
+    def on_disconnect(self, callback: Callable[[], None] | None) -> None:
         self._on_disconnect = callback
 
     def gone(self) -> None:
