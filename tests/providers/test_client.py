@@ -131,6 +131,31 @@ async def test_gzip_bodies_are_decompressed_and_lines_split() -> None:
         await c.close()
 
 
+@run
+async def test_buffered_lines_are_taken_without_waiting_and_agree_with_readline() -> None:
+    """A line split across reads is not buffered until its end arrives; whole lines are."""
+    def answer(n: int) -> list[bytes | float]:
+        return [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                b"12\r\ndata: one\n\ndata: t\r\n", 0.05, b"6\r\nwo\n\nla\r\n", 0.05, b"2\r\nst\r\n0\r\n\r\n"]
+
+    server = RawServer(answer)
+    async with server as url:
+        c = client()
+        response = await c.post("p", url, b"{}", {})
+        lines = []
+        while True:
+            line = response.buffered_line()
+            if line is None:
+                line = await response.readline()
+                if not line:
+                    break
+            lines.append(line)
+        assert lines == [b"data: one\n", b"\n", b"data: two\n", b"\n", b"last"]
+        assert response.buffered_line() is None
+        response.release()
+        await c.close()
+
+
 @pytest.mark.parametrize(("parts", "problem"), [
     ([b"NOT HTTP\r\n\r\n"], "malformed"),
     ([b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", b"CLOSE"], "mid-response"),

@@ -668,7 +668,7 @@ class AnthropicStream(TranslatedStream):
         name: str | None = None
         data: list[bytes] = []
         while True:
-            line = await read_line(self.provider, self.response)
+            line = self.response.buffered_line() or await read_line(self.provider, self.response)
             if not line:
                 # An event not ended by a blank line is incomplete (SSE) and dropped with the stream.
                 self.close()

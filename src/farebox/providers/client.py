@@ -150,6 +150,20 @@ class Response:
         del self._buffer[:limit]
         return data
 
+    def buffered_line(self) -> bytes | None:
+        """The next line with its b"\\n" if a whole one is already here, else None (then await
+        `readline`). A stream's lines mostly arrive several to a read; taking those already
+        here without awaiting a coroutine for each saves a few microseconds a line."""
+        buffer = self._buffer
+        end = buffer.find(b"\n", self._scan)
+        if end < 0:
+            self._scan = len(buffer)
+            return None
+        line = bytes(buffer[:end + 1])
+        del buffer[:end + 1]
+        self._scan = 0
+        return line
+
     async def readline(self) -> bytes:
         """The next line with its b"\\n"; what is left at the end of the body (b"" once nothing is)."""
         buffer = self._buffer

@@ -633,7 +633,7 @@ class GeminiStream(TranslatedStream):
         while not self._pending:
             if self._closed:
                 return None
-            line = await read_line(self.provider, self.response)
+            line = self.response.buffered_line() or await read_line(self.provider, self.response)
             if not line:
                 if self.translator.done:
                     self._finished()

@@ -96,7 +96,7 @@ class OpenAIStream:
 
     async def next(self) -> dict[str, Any] | None:
         while not self._done:
-            line = await read_line(self.provider, self.response)
+            line = self.response.buffered_line() or await read_line(self.provider, self.response)
             if not line:
                 self.close()
                 # A stream that ends without [DONE] was cut off, unless it had finished.
