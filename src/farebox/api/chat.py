@@ -150,7 +150,11 @@ class SseSink:
         await self._write(KEEPALIVE)
 
     async def chunk(self, chunk: dict[str, Any]) -> None:
-        await self._write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+        data = b"data: " + orjson.dumps(chunk) + b"\n\n"
+        if self.started:   # the common case, one coroutine fewer a chunk
+            await self.send({"type": "http.response.body", "body": data, "more_body": True})
+        else:
+            await self._write(data)
 
     async def finish(self, chunk: dict[str, Any]) -> None:
         await self._write(b"data: " + orjson.dumps(chunk) + b"\n\n" + DONE, more=False)
