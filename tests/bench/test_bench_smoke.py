@@ -11,6 +11,7 @@ here judges speed: the figures of a 1 s run on a shared machine mean nothing
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -82,3 +83,25 @@ def assert_streams(streams: dict) -> None:
             assert answered["requests"] > 0 and answered["errors"] == 0, answered
             assert answered["ok"] == answered["requests"] and answered["p50_ms"] is not None, answered
     assert checks["ttft_generations"] == checks["ttft_requests"] > 0, checks
+
+
+def test_bench_ab_smoke(tmp_path: Path) -> None:
+    """bench/ab.py's smoke: two gateways (HEAD's worktree and the working tree) on one nginx,
+    one round of each mode without an error, figures for both, and its worktrees removed."""
+    out = tmp_path / "ab.json"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "ab.py"), "HEAD", "--rounds", "1", "--seconds", "1",
+                          "--connections", "2", "--upstream-port", str(port), "--out", str(out)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    report = json.loads(out.read_text())
+    assert report["new"] == "working tree" and report["base"].startswith("HEAD (")
+    for mode in ("json", "sse"):
+        figures = report["modes"][mode]
+        for side in ("base_us", "new_us", "base_p50_us", "new_p50_us"):
+            assert len(figures[side]) == 1 and figures[side][0] > 0, (mode, side, figures)
+    assert "| sse |" in run.stdout and "| json |" in run.stdout
+    worktrees = subprocess.run(["git", "-C", str(ROOT), "worktree", "list"], capture_output=True, text=True).stdout
+    assert "farebox-ab-" not in worktrees
