@@ -10,7 +10,8 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from farebox.providers.client import Client, TransportError
+from farebox.providers.client import Client
+from farebox.providers.response import TransportError
 
 
 def run(test: Callable[..., Awaitable[None]]) -> Callable[..., None]:

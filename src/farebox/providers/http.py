@@ -16,8 +16,9 @@ import orjson
 
 from farebox.catalog.model import Provider
 from farebox.errors import ProviderError, UpstreamTimeout
-from farebox.providers.client import Client, Response, TransportError
+from farebox.providers.client import Client
 from farebox.providers.faults import Fault, provider_error
+from farebox.providers.response import Response, TransportError
 
 ERROR_BODY_MAX = 64 * 1024
 ReadFault = Callable[[int, Any], Fault]  # (HTTP status, parsed body or text) -> Fault

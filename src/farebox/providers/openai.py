@@ -15,9 +15,9 @@ from farebox.catalog.model import Provider
 from farebox.errors import ProviderError
 from farebox.ledger.pricing import Usage
 from farebox.providers.base import APIS, GATEWAY_FIELDS, Call, Reply, usage_from_openai
-from farebox.providers.client import Response
 from farebox.providers.faults import Fault, by_status, provider_error
 from farebox.providers.http import Upstreams, invalid_response, read_json, read_line
+from farebox.providers.response import Response
 
 _PATHS = {"chat": "/chat/completions", "completion": "/completions", "embedding": "/embeddings"}
 
