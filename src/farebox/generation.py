@@ -10,7 +10,7 @@ from farebox.ledger.pricing import Cost, Usage
 from farebox.money import round_up_to_nanos, usd_json
 
 if TYPE_CHECKING:
-    from farebox.relay import ChatRequest, Outcome
+    from farebox.request import ChatRequest, Outcome
 
 
 def logged_content(req: ChatRequest, outcome: Outcome) -> dict[str, Any] | None:

@@ -10,7 +10,7 @@ import hashlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from farebox.catalog.model import Catalog, Endpoint
@@ -21,13 +21,11 @@ from farebox.generation import generation_record, logged_content, usage_wire
 from farebox.keepalive import ClientGone, first_token
 from farebox.ledger.book import Hold, Settlement, Shortfall
 from farebox.ledger.byok import ByokMeter
-from farebox.ledger.caps import Cap
 from farebox.ledger.entries import wallet
 from farebox.ledger.ledger import Ledger
 from farebox.ledger.pricing import (
     FREE,
     Cost,
-    PromptSize,
     Usage,
     affordable_output,
     cost_of,
@@ -38,39 +36,13 @@ from farebox.ledger.pricing import (
 from farebox.limits.admission import Admission
 from farebox.money import percent_bps
 from farebox.providers.base import Call, Dialect, Reply, UpstreamStream, normalize_finish
+from farebox.request import ChatRequest, Outcome
 from farebox.routing.router import Router
 from farebox.settings import Settings
 from farebox.tenancy.byok import Credential, Credentials
-from farebox.tenancy.records import KeyRecord, Organization, Project, Workspace
 from farebox.tenancy.vault import VaultError
 
 log = logging.getLogger("farebox.relay")
-
-
-@dataclass(slots=True)
-class ChatRequest:
-    body: dict[str, Any]
-    key: KeyRecord
-    org: Organization
-    models: list[str]
-    stream: bool
-    max_tokens: int | None
-    prompt: PromptSize
-    gen_id: str
-    created: int              # unix seconds
-    created_ms: int
-    started: float            # clock.monotonic()
-    http_referer: str | None = None
-    title: str | None = None
-    user_agent: str | None = None
-    api: str = "chat"         # providers.base.APIS: chat, completion (legacy) or embedding
-    sticky_key: tuple[int, str, str] | None = None  # set by planning when stickiness applies
-    workspace: Workspace | None = None   # the key's; None only in tests that build requests by hand
-    project: Project | None = None       # named by the request (X-Farebox-Project or `project`)
-    caps: tuple[Cap, ...] = ()           # key, project, workspace: every cap the hold must fit
-    deny_training: bool = False          # the organization's or workspace's privacy settings
-    zdr_only: bool = False
-    logging: bool = False                # the organization opted in to prompt logging
 
 
 class Sink(Protocol):
@@ -84,23 +56,6 @@ class Sink(Protocol):
     async def chunk(self, chunk: dict[str, Any]) -> None: ...
     async def finish(self, chunk: dict[str, Any]) -> None: ...
     async def fail(self, chunk: dict[str, Any]) -> None: ...
-
-
-@dataclass(slots=True)
-class Outcome:
-    """What an attempt produced, ready to be priced and recorded."""
-
-    endpoint: Endpoint
-    usage: Usage
-    native_finish: str | None
-    finish: str | None
-    upstream_id: str | None
-    first_token_at: float | None
-    cancelled: bool = False
-    attempts: list[dict[str, Any]] = field(default_factory=list)
-    attempt_started: float | None = None   # when the serving attempt began (monotonic)
-    byok: bool = False                     # served on the workspace's own provider key
-    completion_text: str | None = None     # what the client received, kept only with prompt logging
 
 
 T = TypeVar("T")

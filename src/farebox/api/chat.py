@@ -16,7 +16,7 @@ from farebox.api.inference import json_object, new_request
 from farebox.api.validate import validate_chat
 from farebox.errors import FareboxError, InternalError
 from farebox.ledger.pricing import measure_prompt
-from farebox.relay import ChatRequest
+from farebox.request import ChatRequest
 from farebox.tenancy.records import KeyRecord
 
 if TYPE_CHECKING:

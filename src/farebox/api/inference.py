@@ -11,7 +11,7 @@ import orjson
 from farebox.api.http import Request
 from farebox.errors import BadRequest
 from farebox.ledger.pricing import PromptSize
-from farebox.relay import ChatRequest
+from farebox.request import ChatRequest
 from farebox.tenancy.records import KeyRecord, Project
 
 if TYPE_CHECKING:

@@ -21,7 +21,7 @@ from farebox.routing.sticky import Sticky, caches, conversation_key
 from farebox.settings import Settings
 
 if TYPE_CHECKING:  # the relay imports this module
-    from farebox.relay import ChatRequest, Outcome
+    from farebox.request import ChatRequest, Outcome
 
 
 SAMPLING = frozenset({"temperature", "top_p", "top_k", "min_p", "top_a", "frequency_penalty", "presence_penalty",
