@@ -2,11 +2,11 @@
 leaving cancels the wait at once.
 
 The wait runs in the request's own task. An earlier version ran it in a task of its own
-and woke every `sse_keepalive_s` through `asyncio.wait`, which cost each stream a task, a
-future and a timer, about 5% of a streamed request's CPU (py-spy at 64 connections), and
-noticed a client that left only at the next tick. Now a timer writes the comment, in a
-small task of its own made only when it is due (a first token that comes within the
-interval costs none), and the sink's disconnect callback cancels the waiting task.
+and woke every `sse_keepalive_s` through `asyncio.wait` (a task, a future and a timer a
+stream; a paired A/B over 24 rounds measured no CPU difference either way), and noticed a
+client that left only at the next tick, so the upstream request ran on until then. Now a
+timer writes the comment, in a small task made only when it is due (a first token within
+the interval costs none), and the sink's disconnect callback cancels the waiting task.
 """
 
 from __future__ import annotations

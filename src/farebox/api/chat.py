@@ -150,11 +150,7 @@ class SseSink:
         await self._write(KEEPALIVE)
 
     async def chunk(self, chunk: dict[str, Any]) -> None:
-        data = b"data: " + orjson.dumps(chunk) + b"\n\n"
-        if self.started:   # the common case, one coroutine fewer a chunk
-            await self.send({"type": "http.response.body", "body": data, "more_body": True})
-        else:
-            await self._write(data)
+        await self._write(b"data: " + orjson.dumps(chunk) + b"\n\n")
 
     async def finish(self, chunk: dict[str, Any]) -> None:
         await self._write(b"data: " + orjson.dumps(chunk) + b"\n\n" + DONE, more=False)
