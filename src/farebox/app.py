@@ -76,7 +76,8 @@ class Gateway:
         self.catalog = catalog or load_catalog(builtin=settings.catalog_builtin, extra_path=settings.catalog_path,
                                                env=env)
         self.store = Store(settings.database_file, settings.sqlite_synchronous)
-        self.writer = GroupWriter(self.store.writer_conn, settings.writer_batch_max)
+        self.writer = GroupWriter(self.store.writer_conn, settings.writer_batch_max,
+                                  inline=settings.writer_inline and settings.sqlite_synchronous == "NORMAL")
         self.checkpointer = Checkpointer(settings.database_file, settings.sqlite_checkpoint_interval_s,
                                          finish=self.writer.finish_checkpoint,
                                          finish_at_bytes=settings.sqlite_wal_restart_mb * 2**20)

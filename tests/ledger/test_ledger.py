@@ -47,9 +47,9 @@ def store(tmp_path: Path) -> Iterator[Store]:
     s.close()
 
 
-def make_ledger(store: Store, clock: FakeClock | None = None) -> Ledger:
+def make_ledger(store: Store, clock: FakeClock | None = None, inline: bool = True) -> Ledger:
     clock = clock or FakeClock()
-    return Ledger(Book(clock, TIMEOUT), GroupWriter(store.writer_conn), clock, sweep_interval_s=0.001)
+    return Ledger(Book(clock, TIMEOUT), GroupWriter(store.writer_conn, inline=inline), clock, sweep_interval_s=0.001)
 
 
 def settle(book: Book, hold: Hold, cost: int, reference: str, generation_id: str) -> Settlement:
@@ -104,8 +104,9 @@ def test_commit_makes_a_settlement_durable(store: Store) -> None:
     assert verify_store(store.reader_conn).ok
 
 
-def test_a_failed_commit_reverts_the_book(store: Store) -> None:
-    ledger = make_ledger(store)
+@pytest.mark.parametrize("inline", [True, False], ids=["inline", "queued"])
+def test_a_failed_commit_reverts_the_book(store: Store, inline: bool) -> None:
+    ledger = make_ledger(store, inline=inline)
     book = ledger.book
     cap = key_cap(limit=1000)
 
@@ -113,6 +114,7 @@ def test_a_failed_commit_reverts_the_book(store: Store) -> None:
         ledger.writer.start()
         try:
             await ledger.grant(1, 1000, "a")
+            await ledger.writer.submit(lambda conn: None)   # the grant's lot mark, queued after it
             s1 = settle(book, book.hold("g1", W, 100, (cap,)), 100, "charge:g1", "g1")
             await ledger.commit(s1, generation("g1", 100, 100))
             before = dict(book.balances)
@@ -128,6 +130,38 @@ def test_a_failed_commit_reverts_the_book(store: Store) -> None:
 
     asyncio.run(main())
     assert stored_balances(store)[W] == 900 == book.balance(W)
+    assert ledger.writer.inlined == (2 if inline else 0)   # the two charges; grants never inline
+
+
+def test_a_charge_commits_inline_only_when_no_other_request_holds_credit(store: Store) -> None:
+    """A lone request has nobody to batch with, so its charge commits on the event loop's
+    thread; while another hold is open, another request may soon want the same batch."""
+    ledger = make_ledger(store)
+    book = ledger.book
+    loop_thread = threading.get_ident()
+    committed_on: list[int] = []
+
+    async def main() -> None:
+        ledger.writer.start()
+        try:
+            await ledger.grant(1, 1000, "a")
+            await ledger.writer.submit(lambda conn: None)   # the grant's lot mark, queued after it
+            h1, h2 = book.hold("g1", W, 100), book.hold("g2", W, 100)
+            s1 = settle(book, h1, 100, "charge:g1", "g1")
+            await ledger.commit(s1, generation("g1", 100, 100))    # g2 still holds: queued
+            assert ledger.writer.inlined == 0
+            s2 = settle(book, h2, 50, "charge:g2", "g2")
+            await ledger.commit(s2, generation("g2", 50, 50))     # alone now: inline
+            assert ledger.writer.inlined == 1
+            # Where the writer ran each: the thread of the op submitted next tells.
+            committed_on.append(await ledger.writer.submit(lambda conn: threading.get_ident(), inline=True))
+        finally:
+            ledger.writer.stop()
+
+    asyncio.run(main())
+    assert committed_on == [loop_thread]
+    assert stored_balances(store)[W] == 850 == book.balance(W)
+    assert verify_store(store.reader_conn).ok
     assert verify_store(store.reader_conn).ok
 
 

@@ -82,7 +82,7 @@ def test_below_its_size_limit_the_writer_is_left_alone(tmp_path):
     store.close()
 
 
-def test_the_writer_finishes_a_checkpoint_after_its_next_batch_and_the_wal_starts_over(tmp_path):
+def test_the_writer_finishes_a_checkpoint_with_its_next_batch_and_the_wal_starts_over(tmp_path):
     import asyncio
     import sqlite3
 
@@ -95,7 +95,7 @@ def test_the_writer_finishes_a_checkpoint_after_its_next_batch_and_the_wal_start
         writer.finish_checkpoint()
         await writer.submit(lambda conn: conn.execute("INSERT INTO filler VALUES (1)"))
         await writer.submit(lambda conn: conn.execute("INSERT INTO filler VALUES (2)"))
-        # On the writer thread, once, between those two batches (which it runs in turn).
+        # On the writer thread, once, with the first batch (the request queued ahead of it).
         assert writer.checkpoints == 1
 
     asyncio.run(main())
@@ -104,4 +104,29 @@ def test_the_writer_finishes_a_checkpoint_after_its_next_batch_and_the_wal_start
     # that transaction's frames, not the 50 commits before.
     _, frames_after, _ = sqlite3.connect(store.path).execute("PRAGMA wal_checkpoint(NOOP)").fetchone()
     assert frames_before[1] >= 50 and frames_after < 10, (frames_before, frames_after)
+    store.close()
+
+
+def test_a_checkpoint_asked_for_is_finished_even_when_every_commit_is_inline(tmp_path):
+    # A lone client's charges commit on the event loop's thread and never wake the writer
+    # thread; the request itself must, or the WAL would grow without bound.
+    import asyncio
+    import sqlite3
+
+    store = _store_with_wal(tmp_path / "c.db")
+    writer = GroupWriter(store.writer_conn)
+    writer.start()
+
+    async def main():
+        await writer.submit(lambda conn: conn.execute("INSERT INTO filler VALUES (0)"), inline=True)
+        assert writer.inlined == 1 and writer.checkpoints == 0
+        writer.finish_checkpoint()
+        await asyncio.to_thread(_wait_for, lambda: writer.checkpoints == 1, "the writer never checkpointed")
+        await writer.submit(lambda conn: conn.execute("INSERT INTO filler VALUES (1)"), inline=True)
+        assert writer.inlined == 2
+
+    asyncio.run(main())
+    writer.stop()
+    _, frames_after, _ = sqlite3.connect(store.path).execute("PRAGMA wal_checkpoint(NOOP)").fetchone()
+    assert frames_after < 10, frames_after
     store.close()

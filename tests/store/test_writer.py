@@ -285,3 +285,90 @@ def test_a_bad_settlement_in_a_group_fails_alone(store: Store, writer: GroupWrit
     assert good is None and also_good is None
     assert isinstance(overdraw, sqlite3.IntegrityError)  # the floor trigger refused it
     assert count(store, "SELECT COUNT(*) FROM generations") == 2
+
+
+# -- inline commits: a lone caller's op committed on its own thread ------------------------
+
+def test_an_inline_op_commits_on_the_callers_thread_and_comes_back_done(store: Store, writer: GroupWriter) -> None:
+    async def main() -> tuple[bool, int, int]:
+        writer.start()
+        future = writer.submit(post(grant(1)), inline=True)
+        done = future.done()
+        thread = await writer.submit(lambda conn: threading.get_ident(), inline=True)
+        return done, await future, thread
+
+    assert asyncio.run(main()) == (True, 1, threading.get_ident())
+    assert writer.inlined == writer.ops == 2
+    assert count(store) == 1 and verify_store(store.reader_conn).ok
+
+
+def test_an_inline_op_queues_behind_a_batch_the_writer_is_committing(store: Store, writer: GroupWriter) -> None:
+    gate = threading.Event()
+
+    async def main() -> None:
+        writer.start()
+        inside = threading.Event()
+
+        def held_op(conn: sqlite3.Connection) -> bool:
+            inside.set()
+            return gate.wait(GATE_TIMEOUT_S)
+
+        held = writer.submit(held_op)
+        assert await asyncio.to_thread(inside.wait, GATE_TIMEOUT_S)   # the writer is inside its transaction
+        late = writer.submit(post(grant(2)), inline=True)
+        assert not late.done()
+        gate.set()
+        assert await held is True and await late == 2
+
+    asyncio.run(main())
+    assert writer.inlined == 0 and count(store) == 1
+
+
+def test_an_inline_op_never_overtakes_one_queued_before_it(store: Store, writer: GroupWriter) -> None:
+    """The writer thread has not even started: the first op sits in the queue with the
+    connection free, and the second, asking for inline, must still commit after it."""
+    async def main() -> list[int]:
+        first = writer.submit(post(grant(1)))
+        second = writer.submit(post(grant(2)), inline=True)
+        assert not second.done()
+        writer.start()
+        return [await first, await second]
+
+    assert asyncio.run(main()) == [1, 2]
+    assert writer.inlined == 0
+    refs = [r for (r,) in store.reader_conn.execute("SELECT reference FROM entries ORDER BY id")]
+    assert refs == ["grant:1", "grant:2"]
+
+
+def test_a_failing_inline_op_fails_its_future_and_leaves_nothing(store: Store, writer: GroupWriter) -> None:
+    def python_error(conn: sqlite3.Connection) -> None:
+        ops.post_entries(conn, [grant(100)])   # its own write must not survive
+        raise ValueError("boom")
+
+    async def main() -> None:
+        writer.start()
+        future = writer.submit(python_error, inline=True)
+        assert future.done()
+        with pytest.raises(ValueError, match="boom"):
+            await future
+        assert await writer.submit(post(grant(1)), inline=True) == 1   # the connection is usable
+
+    asyncio.run(main())
+    assert not store.writer_conn.in_transaction
+    assert writer.inlined == 2 and count(store) == 1
+
+
+def test_a_writer_made_without_inline_queues_everything(store: Store) -> None:
+    writer = GroupWriter(store.writer_conn, inline=False)
+
+    async def main() -> tuple[bool, int]:
+        writer.start()
+        future = writer.submit(lambda conn: threading.get_ident(), inline=True)
+        return future.done(), await future
+
+    try:
+        done, thread = asyncio.run(main())
+    finally:
+        writer.stop()
+    assert not done and thread != threading.get_ident()
+    assert writer.inlined == 0 and writer.ops == 1

@@ -308,7 +308,7 @@ class Ledger:
                      content: dict[str, Any] | None = None) -> None:
         """Make a settlement and its generation record (and, with prompt logging, its
         content) durable, or undo it in memory."""
-        future = self.writer.submit(ops.SettleOp(settlement.entries, generation, content))
+        future = self.writer.submit(ops.SettleOp(settlement.entries, generation, content), inline=not self.book.holds)
 
         def reverted(f: asyncio.Future[None]) -> None:
             # In a callback, not in an except clause: the book must follow the database
@@ -318,7 +318,10 @@ class Ledger:
                 self.book.revert(settlement)
                 log.error("could not commit charge for %s: %r", generation.get("id"), error)
 
-        future.add_done_callback(reverted)
+        if future.done():   # committed inline: the book follows before the error is raised
+            reverted(future)
+        else:
+            future.add_done_callback(reverted)
         try:
             await asyncio.shield(future)
         except asyncio.CancelledError:
