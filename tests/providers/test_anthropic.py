@@ -33,9 +33,9 @@ from farebox.providers.anthropic import (
     StreamTranslator,
     from_anthropic,
     read_fault,
-    to_anthropic,
     usage_from_anthropic,
 )
+from farebox.providers.anthropic_request import to_anthropic
 from farebox.providers.base import Call
 from farebox.providers.http import Upstreams
 

@@ -20,14 +20,13 @@ from farebox.clock import FakeClock
 from farebox.errors import BadRequest, ProviderError
 from farebox.providers.base import Call
 from farebox.providers.gemini import (
-    SIGNATURE_FORMAT,
     GeminiDialect,
     StreamTranslator,
     from_gemini,
     read_fault,
-    to_gemini,
     usage_from_gemini,
 )
+from farebox.providers.gemini_request import SIGNATURE_FORMAT, to_gemini
 from farebox.providers.http import Upstreams
 
 SIG_A = "c2lnbmF0dXJlLWE="  # signatures are base64 bytes on Gemini's wire

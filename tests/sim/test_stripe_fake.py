@@ -19,7 +19,8 @@ from aiohttp import web
 
 from farebox.billing.stripe import STRIPE_VERSION, Stripe, encode_form, verify_webhook
 from farebox.clock import Clock
-from farebox.sim.stripe import ApiError, parse_form, start
+from farebox.sim.stripe import start
+from farebox.sim.stripe_params import ApiError, parse_form
 from tests.simthread import running_sim
 
 SECRET = "whsec_fake_test"
