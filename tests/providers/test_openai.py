@@ -154,6 +154,12 @@ def test_finish_reasons_and_usage_parsing():
     assert usage_from_openai(None) is None
     assert usage_from_openai({"prompt_tokens": -1, "completion_tokens": 1}) is None
     assert usage_from_openai({"prompt_tokens": "1", "completion_tokens": 1}) is None
+    # JSON true is a bool, and a bool is an int to Python: it is not a count.
+    assert usage_from_openai({"prompt_tokens": True, "completion_tokens": 1}) is None
+    odd = usage_from_openai({"prompt_tokens": 10, "completion_tokens": 5,
+                             "prompt_tokens_details": {"cached_tokens": True, "cache_write_tokens": -2},
+                             "completion_tokens_details": {"reasoning_tokens": "4"}})
+    assert (odd.cached_tokens, odd.cache_write_tokens, odd.reasoning_tokens) == (0, 0, 0)
     u = usage_from_openai({"prompt_tokens": 10, "completion_tokens": 5,
                            "prompt_tokens_details": {"cached_tokens": 3, "cache_write_tokens": 2},
                            "completion_tokens_details": {"reasoning_tokens": 4}})

@@ -18,7 +18,7 @@ from farebox.clock import Clock
 from farebox.errors import ProviderError
 from farebox.ledger.pricing import Usage
 from farebox.providers.anthropic_request import REASONING_FORMAT, to_anthropic
-from farebox.providers.base import Call, Reply
+from farebox.providers.base import Call, Reply, count, is_count
 from farebox.providers.faults import Fault, by_status, provider_error
 from farebox.providers.http import TranslatedStream, Upstreams, invalid_response, read_json, read_line
 
@@ -44,12 +44,12 @@ def usage_from_anthropic(raw: Any) -> Usage | None:
     if not isinstance(raw, dict):
         return None
     fresh, output = raw.get("input_tokens"), raw.get("output_tokens")
-    if not _is_count(fresh) or not _is_count(output):
+    if not is_count(fresh) or not is_count(output):
         return None
-    read, written = _count(raw.get("cache_read_input_tokens")), _count(raw.get("cache_creation_input_tokens"))
+    read, written = count(raw.get("cache_read_input_tokens")), count(raw.get("cache_creation_input_tokens"))
     details = raw.get("output_tokens_details")
     # Only a count Anthropic reports: thinking tokens are otherwise inside output_tokens, unsplit.
-    thinking = min(_count(details.get("thinking_tokens")), output) if isinstance(details, dict) else 0
+    thinking = min(count(details.get("thinking_tokens")), output) if isinstance(details, dict) else 0
     return Usage(prompt_tokens=fresh + read + written, completion_tokens=output, cached_tokens=read,
                  cache_write_tokens=written, reasoning_tokens=thinking)
 
@@ -98,13 +98,6 @@ def from_anthropic(data: dict[str, Any], created: int = 0) -> tuple[dict[str, An
                          "native_finish_reason": stop_reason}]}
     return body, usage_from_anthropic(data.get("usage")), message_id
 
-
-def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _count(value: Any) -> int:
-    return value if _is_count(value) else 0
 
 
 # -- stream ------------------------------------------------------------------------

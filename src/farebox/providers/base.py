@@ -90,18 +90,24 @@ def usage_from_openai(raw: Any) -> Usage | None:
     if not isinstance(raw, dict):
         return None
     prompt, completion = raw.get("prompt_tokens"), raw.get("completion_tokens")
-    if not isinstance(prompt, int) or not isinstance(completion, int) or prompt < 0 or completion < 0:
+    if not is_count(prompt) or not is_count(completion):
         return None
     pd = raw.get("prompt_tokens_details") or {}
     cd = raw.get("completion_tokens_details") or {}
     return Usage(
         prompt_tokens=prompt,
         completion_tokens=completion,
-        cached_tokens=_count(pd.get("cached_tokens")),
-        cache_write_tokens=_count(pd.get("cache_write_tokens")),
-        reasoning_tokens=_count(cd.get("reasoning_tokens")),
+        cached_tokens=count(pd.get("cached_tokens")),
+        cache_write_tokens=count(pd.get("cache_write_tokens")),
+        reasoning_tokens=count(cd.get("reasoning_tokens")),
     )
 
 
-def _count(value: Any) -> int:
-    return value if isinstance(value, int) and value > 0 else 0
+def is_count(value: Any) -> bool:
+    """A token count as a provider sends one: an int of at least zero (JSON `true` is not)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def count(value: Any) -> int:
+    """An optional count: `value` when it is one, else 0 (absent or malformed)."""
+    return value if is_count(value) else 0

@@ -23,7 +23,7 @@ from farebox.clock import Clock
 from farebox.errors import ProviderError
 from farebox.ids import Ids
 from farebox.ledger.pricing import Usage
-from farebox.providers.base import Call, Reply
+from farebox.providers.base import Call, Reply, count, is_count
 from farebox.providers.faults import Fault, by_status, provider_error
 from farebox.providers.gemini_request import SIGNATURE_FORMAT, to_gemini
 from farebox.providers.http import TranslatedStream, Upstreams, invalid_response, read_json, read_line
@@ -53,23 +53,16 @@ def usage_from_gemini(raw: Any) -> Usage | None:
     totalTokenCount = promptTokenCount + toolUsePromptTokenCount + candidatesTokenCount +
     thoughtsTokenCount: tool-use prompt tokens (results of Google's own tools) are input,
     thoughts are output that candidatesTokenCount leaves out."""
-    if not isinstance(raw, dict) or not _is_count(raw.get("promptTokenCount")):
+    if not isinstance(raw, dict) or not is_count(raw.get("promptTokenCount")):
         return None
-    thoughts = _count(raw.get("thoughtsTokenCount"))
+    thoughts = count(raw.get("thoughtsTokenCount"))
     return Usage(
-        prompt_tokens=raw["promptTokenCount"] + _count(raw.get("toolUsePromptTokenCount")),
-        completion_tokens=_count(raw.get("candidatesTokenCount")) + thoughts,
-        cached_tokens=_count(raw.get("cachedContentTokenCount")),
+        prompt_tokens=raw["promptTokenCount"] + count(raw.get("toolUsePromptTokenCount")),
+        completion_tokens=count(raw.get("candidatesTokenCount")) + thoughts,
+        cached_tokens=count(raw.get("cachedContentTokenCount")),
         reasoning_tokens=thoughts,
     )
 
-
-def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _count(value: Any) -> int:
-    return value if _is_count(value) else 0
 
 
 def finish_reason(native: str, has_tool_calls: bool) -> str:
