@@ -74,7 +74,6 @@ from farebox.ids import Ids
 from farebox.sim import stripe_params as p
 from farebox.sim.stripe_params import ApiError, Obj, parse_form
 from farebox.sim.stripe_state import (
-    DECLINES,
     DELIVERY_TIMEOUT_S,
     Call,
     FakeStripe,
@@ -244,8 +243,8 @@ async def _pay_page(request: web.Request) -> web.Response:
 
 async def _decline_next(fake: FakeStripe, request: web.Request, body: Obj) -> web.Response:
     code = body.get("code")
-    if code not in DECLINES:
-        raise ApiError(400, f"code must be one of {', '.join(DECLINES)}", param="code")
+    if code not in p.DECLINES:
+        raise ApiError(400, f"code must be one of {', '.join(p.DECLINES)}", param="code")
     fake.declines.append(code)
     return _json({"queued": fake.declines})
 

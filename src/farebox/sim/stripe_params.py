@@ -1,6 +1,7 @@
-"""The fake Stripe's request parameters: Stripe's form-encoded bracket notation parsed back
-into nested dicts (`parse_form`), readers that check one parameter each and refuse it as
-Stripe does (type, unknown, missing, limits), and Stripe's error (`ApiError`)."""
+"""The fake Stripe's request parameters and errors: Stripe's form-encoded bracket notation
+parsed back into nested dicts (`parse_form`), readers that check one parameter each and
+refuse it as Stripe does (type, unknown, missing, limits), Stripe's error (`ApiError`) and
+the messages and decline codes it answers with."""
 
 from __future__ import annotations
 
@@ -15,6 +16,30 @@ MAX_AMOUNT = 99_999_999  # eight digits, Stripe's limit
 # the fake accepts only these currencies.
 MINIMUM_CHARGE = {"usd": 50, "eur": 50, "gbp": 30, "cad": 50, "aud": 50, "chf": 50, "jpy": 50}
 METADATA_KEYS_MAX, METADATA_KEY_MAX, METADATA_VALUE_MAX = 50, 40, 500
+
+# Test control code -> (error code, decline_code, message), as Stripe's test cards answer.
+DECLINES = {
+    "card_declined": ("card_declined", "generic_decline", "Your card was declined."),
+    "insufficient_funds": ("card_declined", "insufficient_funds", "Your card has insufficient funds."),
+    "lost_card": ("card_declined", "lost_card", "Your card was declined."),
+    "stolen_card": ("card_declined", "stolen_card", "Your card was declined."),
+    "fraudulent": ("card_declined", "fraudulent", "Your card was declined."),
+    "expired_card": ("expired_card", "expired_card", "Your card has expired."),
+    "incorrect_cvc": ("incorrect_cvc", "incorrect_cvc", "Your card's security code is incorrect."),
+    "processing_error": ("processing_error", "processing_error",
+                         "An error occurred while processing your card. Try again in a little bit."),
+    "authentication_required": ("authentication_required", "authentication_required",
+                                "Your card was declined. This transaction requires authentication."),
+}
+NEEDS_RETURN_URL = (
+    "This PaymentIntent is configured to accept payment methods enabled in your Dashboard. Because some of these "
+    "payment methods might redirect your customer off of your page, you must provide a `return_url`. If you don't "
+    "want to accept redirect-based payment methods, set `automatic_payment_methods[enabled]` to `true` and "
+    "`automatic_payment_methods[allow_redirects]` to `never` when creating Setup Intents and Payment Intents.")
+UNATTACHED_METHOD = (
+    "The provided PaymentMethod was previously used with a PaymentIntent without Customer attachment, shared with "
+    "a connected account without Customer attachment, or was detached from a Customer. It may not be used again. "
+    "To use a PaymentMethod multiple times, you must attach it to a Customer first.")
 
 
 class ApiError(Exception):

@@ -21,29 +21,6 @@ from farebox.sim.stripe_params import ApiError, Obj
 
 DELIVERY_TIMEOUT_S = 10.0
 _SESSION_LIFETIME_S = 24 * 3600  # Checkout's default expires_at
-# Test control code -> (error code, decline_code, message), as Stripe's test cards answer.
-DECLINES = {
-    "card_declined": ("card_declined", "generic_decline", "Your card was declined."),
-    "insufficient_funds": ("card_declined", "insufficient_funds", "Your card has insufficient funds."),
-    "lost_card": ("card_declined", "lost_card", "Your card was declined."),
-    "stolen_card": ("card_declined", "stolen_card", "Your card was declined."),
-    "fraudulent": ("card_declined", "fraudulent", "Your card was declined."),
-    "expired_card": ("expired_card", "expired_card", "Your card has expired."),
-    "incorrect_cvc": ("incorrect_cvc", "incorrect_cvc", "Your card's security code is incorrect."),
-    "processing_error": ("processing_error", "processing_error",
-                         "An error occurred while processing your card. Try again in a little bit."),
-    "authentication_required": ("authentication_required", "authentication_required",
-                                "Your card was declined. This transaction requires authentication."),
-}
-_NEEDS_RETURN_URL = (
-    "This PaymentIntent is configured to accept payment methods enabled in your Dashboard. Because some of these "
-    "payment methods might redirect your customer off of your page, you must provide a `return_url`. If you don't "
-    "want to accept redirect-based payment methods, set `automatic_payment_methods[enabled]` to `true` and "
-    "`automatic_payment_methods[allow_redirects]` to `never` when creating Setup Intents and Payment Intents.")
-_UNATTACHED_METHOD = (
-    "The provided PaymentMethod was previously used with a PaymentIntent without Customer attachment, shared with "
-    "a connected account without Customer attachment, or was detached from a Customer. It may not be used again. "
-    "To use a PaymentMethod multiple times, you must attach it to a Customer first.")
 
 
 # ---- state --------------------------------------------------------------------------------
@@ -413,11 +390,11 @@ class FakeStripe:
             raise ApiError(400, "You cannot confirm this PaymentIntent because it's missing a payment method.",
                            code="payment_intent_unexpected_state", param="payment_method")
         if confirm and not types and redirects != "never" and p.text(params, "return_url") is None:
-            raise ApiError(400, _NEEDS_RETURN_URL, param="return_url")
+            raise ApiError(400, p.NEEDS_RETURN_URL, param="return_url")
         if pm_id is not None:
             owner = self.payment_methods[pm_id]["customer"]
             if owner is None:  # every fake card was used once, by its Checkout Session
-                raise ApiError(400, _UNATTACHED_METHOD, param="payment_method")
+                raise ApiError(400, p.UNATTACHED_METHOD, param="payment_method")
             if owner != customer:
                 raise ApiError(400, f"The PaymentMethod {pm_id} belongs to Customer {owner}, not to "
                                f"{customer or 'no Customer'}; pass the Customer it is attached to.",
@@ -432,7 +409,7 @@ class FakeStripe:
             return 200, intent
         method = self.payment_methods[pm_id]
         if self.declines:
-            return self._decline(call, intent, method, DECLINES[self.declines.pop(0)])
+            return self._decline(call, intent, method, p.DECLINES[self.declines.pop(0)])
         self._succeed(call, intent, method)
         return 200, intent
 
