@@ -9,8 +9,8 @@ one by one so one bad operation cannot fail its neighbours.
 
 A caller with nobody to batch with (the relay, when no other request holds credit) may
 ask for its operation to commit inline: if nothing submitted before it is still waiting
-to commit and the writer thread is not using the connection, the transaction runs on the caller's thread and the future
-comes back resolved. That skips waking the writer thread and the hop back to the event
+to commit and the writer thread is not using the connection, the transaction runs on the
+caller's thread and the future comes back resolved. That skips waking the writer thread and the hop back to the event
 loop: 22 µs of CPU a request at one connection (bench/ab.py, 16 rounds of 16 cheaper).
 It blocks the event loop for the commit, ~0.1 ms, or as long as a WAL write stalls behind
 a checkpoint's writeback (docs/performance.md), which is why it is only for a lone request
