@@ -257,7 +257,7 @@ class FakeStripe:
 
     def create_checkout_session(self, call: Call, params: Obj) -> tuple[int, Obj]:
         p.only(params, {"mode", "line_items", "success_url", "cancel_url", "client_reference_id", "customer",
-                       "customer_email", "customer_creation", "metadata", "payment_intent_data"})
+                        "customer_email", "customer_creation", "metadata", "payment_intent_data"})
         mode = p.required(p.enum(params, "mode", ("payment", "setup", "subscription")), "mode")
         if mode != "payment":
             raise ApiError(400, f"The fake Stripe implements only mode=payment, not mode={mode}.", param="mode")
@@ -278,7 +278,7 @@ class FakeStripe:
             product = p.mapping(price, "product_data", price_name)
             p.only(product, {"name", "description"}, f"{price_name}[product_data]")
             product_name = p.required(p.text(product, "name", f"{price_name}[product_data]"),
-                                     f"{price_name}[product_data][name]")
+                                      f"{price_name}[product_data][name]")
             if quantity < 1 or unit_amount < 0:
                 raise ApiError(400, f"Invalid {name}: quantity must be positive and unit_amount not negative",
                                param=name)
@@ -324,7 +324,7 @@ class FakeStripe:
             item_names=names, intent_description=p.text(intent, "description", "payment_intent_data"),
             intent_metadata=p.metadata(intent, "metadata", "payment_intent_data"),
             setup_future_usage=p.enum(intent, "setup_future_usage", ("on_session", "off_session"),
-                                     "payment_intent_data"))
+                                      "payment_intent_data"))
         self.sessions[session_id] = session
         return 200, session
 
@@ -362,8 +362,8 @@ class FakeStripe:
 
     def create_payment_intent(self, call: Call, params: Obj) -> tuple[int, Obj]:
         p.only(params, {"amount", "currency", "customer", "payment_method", "confirm", "off_session",
-                       "automatic_payment_methods", "payment_method_types", "return_url", "description",
-                       "metadata"})
+                        "automatic_payment_methods", "payment_method_types", "return_url", "description",
+                        "metadata"})
         amount = p.required(p.integer(params, "amount"), "amount")
         currency = p.required(p.currency(params, "currency"), "currency")
         p.check_amount(amount, currency, "amount", "Amount")
