@@ -39,6 +39,8 @@ from farebox.providers.openai import OpenAIDialect
 from farebox.relay import Relay
 from farebox.settings import Settings
 from farebox.store.checkpoint import Checkpointer
+from farebox.store.journal import Journal, journal_path
+from farebox.store.journal import replay as replay_journal
 from farebox.store.sqlite import Store
 from farebox.store.writer import GroupWriter
 from farebox.tenancy.byok import Credentials
@@ -81,8 +83,14 @@ class Gateway:
         self.checkpointer = Checkpointer(settings.database_file, settings.sqlite_checkpoint_interval_s,
                                          finish=self.writer.finish_checkpoint,
                                          finish_at_bytes=settings.sqlite_wal_restart_mb * 2**20)
+        self.store.read_after(self.writer)
+        # Charges a crashed process answered but had not committed, before anything reads
+        # balances; whatever `settle_journal` says now, an earlier run may have used it.
+        replay_journal(journal_path(settings.database_file), self.writer)
+        self.journal = (Journal(journal_path(settings.database_file), self.writer)
+                        if settings.settle_journal and settings.sqlite_synchronous == "NORMAL" else None)
         self.book = Book(self.clock, settings.hold_timeout_s)
-        self.ledger = Ledger(self.book, self.writer, self.clock, settings.hold_sweep_interval_s)
+        self.ledger = Ledger(self.book, self.writer, self.clock, settings.hold_sweep_interval_s, self.journal)
         self.directory = Directory(self.writer, self.book, self.clock, self.ids)
         self.ledger.load(self.store.writer_conn)
         self.directory.load(self.store.writer_conn)
@@ -213,6 +221,8 @@ class Gateway:
         await self.ledger.stop()
         await self.upstreams.close()
         self.writer.stop()
+        if self.journal is not None:
+            self.journal.close()
         self.checkpointer.stop()
         self.store.close()
 

@@ -21,6 +21,7 @@ from farebox.ledger.entries import BONUSES, EXPIRED, FEES, GRANTS, PAYMENTS, REV
 from farebox.ledger.ledger import Ledger
 from farebox.ledger.verify import verify_store
 from farebox.store import sqlite as ops
+from farebox.store.journal import Journal
 from farebox.store.sqlite import Store
 from farebox.store.writer import GroupWriter
 
@@ -162,7 +163,66 @@ def test_a_charge_commits_inline_only_when_no_other_request_holds_credit(store: 
     assert committed_on == [loop_thread]
     assert stored_balances(store)[W] == 850 == book.balance(W)
     assert verify_store(store.reader_conn).ok
+
+
+def journaled_ledger(store: Store, journal_file: Path) -> Ledger:
+    clock = FakeClock()
+    writer = GroupWriter(store.writer_conn)
+    return Ledger(Book(clock, TIMEOUT), writer, clock, sweep_interval_s=0.001, journal=Journal(journal_file, writer))
+
+
+def test_a_lone_charge_is_journaled_and_returns_before_it_commits(store: Store, tmp_path: Path) -> None:
+    """With the settlement journal, a lone request's commit is one append: it returns while
+    the writer is still busy, and the writer commits the charge behind it. Under load the
+    charge waits for its group commit as before."""
+    ledger = journaled_ledger(store, tmp_path / "journal")
+    book, writer = ledger.book, ledger.writer
+    assert ledger.journal is not None
+    gate = threading.Event()
+
+    async def main() -> None:
+        writer.start()
+        try:
+            await ledger.grant(1, 1000, "a")
+            await writer.submit(lambda conn: None)
+            h1, h2 = book.hold("g1", W, 100), book.hold("g2", W, 100)
+            await ledger.commit(settle(book, h1, 100, "charge:g1", "g1"), generation("g1", 100, 100))
+            assert ledger.journal.records == 0 and writer.posts == 0    # g2 held: the group commit
+            busy = writer.submit(lambda conn: gate.wait(TIMEOUT))        # the writer is now held up
+            await ledger.commit(settle(book, h2, 50, "charge:g2", "g2"), generation("g2", 50, 50))
+            assert ledger.journal.records == 1 and writer.posts == 1 and writer.posts_done == 0
+            assert book.balance(W) == 850
+            assert stored_balances(store)[W] == 900                      # not committed yet
+            gate.set()
+            await busy
+            await writer.caught_up()
+        finally:
+            writer.stop()
+
+    asyncio.run(main())
+    assert stored_balances(store)[W] == 850 == book.balance(W)
     assert verify_store(store.reader_conn).ok
+
+
+def test_a_charge_the_journal_cannot_write_is_not_billed(store: Store) -> None:
+    ledger = journaled_ledger(store, Path("/dev/full"))
+    book = ledger.book
+
+    async def main() -> None:
+        ledger.writer.start()
+        try:
+            await ledger.grant(1, 1000, "a")
+            await ledger.writer.submit(lambda conn: None)
+            s = settle(book, book.hold("g1", W, 100), 100, "charge:g1", "g1")
+            with pytest.raises(InternalError):
+                await ledger.commit(s, generation("g1", 100, 100))
+            assert book.balance(W) == 1000 and not book.holds
+        finally:
+            ledger.writer.stop()
+
+    asyncio.run(main())
+    assert stored_balances(store)[W] == 1000
+    assert ledger.writer.posts == 0
 
 
 def test_load_rebuilds_the_book(store: Store) -> None:

@@ -372,3 +372,92 @@ def test_a_writer_made_without_inline_queues_everything(store: Store) -> None:
         writer.stop()
     assert not done and thread != threading.get_ident()
     assert writer.inlined == 0 and writer.ops == 1
+
+
+# -- posted operations (the settlement journal's path) ------------------------------
+def test_a_posted_op_commits_in_order_with_submitted_ones_and_is_counted(store: Store, writer: GroupWriter) -> None:
+    gate = threading.Event()
+
+    async def main() -> list[Any]:
+        writer.start()
+        first = writer.submit(gate_op(gate))
+        writer.post(post(grant(1)))
+        second = writer.submit(post(grant(2)))
+        writer.post(post(grant(3)))
+        assert (writer.posts, writer.posts_done) == (2, 0)   # held behind the gate
+        gate.set()
+        return await asyncio.gather(first, second)
+
+    assert asyncio.run(main()) == [True, 2]
+    writer.stop()
+    refs = [r for (r,) in store.reader_conn.execute("SELECT reference FROM entries ORDER BY id")]
+    assert refs == ["grant:1", "grant:2", "grant:3"]
+    assert (writer.posts, writer.posts_done, writer.posts_failed) == (2, 2, 0)
+
+
+def test_a_failing_post_is_counted_and_fails_nothing_else(store: Store, writer: GroupWriter,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    gate = threading.Event()
+
+    def bad(conn: sqlite3.Connection) -> None:
+        ops.post_entries(conn, [grant(9)])
+        raise sqlite3.IntegrityError("no")
+
+    async def main() -> Any:
+        writer.start()
+        first = writer.submit(gate_op(gate))
+        writer.post(bad)
+        after = writer.submit(post(grant(2)))
+        gate.set()
+        await first
+        return await after
+
+    assert asyncio.run(main()) == 2
+    writer.stop()
+    assert (writer.posts, writer.posts_done, writer.posts_failed) == (1, 1, 1)
+    assert "a posted write failed" in caplog.text
+    refs = [r for (r,) in store.reader_conn.execute("SELECT reference FROM entries ORDER BY id")]
+    assert refs == ["grant:2"]   # the failed post rolled back alone
+
+
+def test_caught_up_waits_for_every_earlier_post(store: Store, writer: GroupWriter) -> None:
+    gate = threading.Event()
+
+    async def main() -> None:
+        writer.start()
+        await writer.caught_up()                 # nothing posted: returns at once
+        writer.post(gate_op(gate))
+        writer.post(post(grant(1)))
+        waiting = asyncio.ensure_future(writer.caught_up())
+        await asyncio.sleep(0.05)
+        assert not waiting.done()                # the gate holds the posts uncommitted
+        gate.set()
+        await waiting
+        assert writer.posts_done == writer.posts == 2
+        assert count(store) == 1
+
+    asyncio.run(main())
+
+
+def test_store_reads_wait_for_posted_ops(store: Store, writer: GroupWriter) -> None:
+    gate = threading.Event()
+    store.read_after(writer)
+
+    async def main() -> int:
+        writer.start()
+        writer.post(gate_op(gate))
+        writer.post(post(grant(1)))
+        read = asyncio.ensure_future(store.read(lambda conn: conn.execute("SELECT COUNT(*) FROM entries").fetchone()[0]))
+        await asyncio.sleep(0.05)
+        assert not read.done()
+        gate.set()
+        return await read
+
+    assert asyncio.run(main()) == 1              # the read saw the post committed before it
+
+
+def test_post_after_stop_is_refused(writer: GroupWriter) -> None:
+    writer.start()
+    writer.stop()
+    with pytest.raises(WriterStopped):
+        writer.post(post(grant(1)))

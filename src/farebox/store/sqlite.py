@@ -25,6 +25,7 @@ import orjson
 
 from farebox.ledger.entries import Entry, is_floored
 from farebox.store.schema import MIGRATIONS
+from farebox.store.writer import GroupWriter
 
 T = TypeVar("T")
 
@@ -110,6 +111,12 @@ class Store:
         migrate(self.writer_conn)
         self.reader_conn = connect(path, synchronous)
         self._read_lock = threading.Lock()
+        self._writer: GroupWriter | None = None
+
+    def read_after(self, writer: GroupWriter) -> None:
+        """Make every read wait until `writer` has committed what was posted to it before
+        the read: charges answered from the journal are then in what a reader sees."""
+        self._writer = writer
 
     def close(self) -> None:
         self.writer_conn.close()
@@ -122,6 +129,8 @@ class Store:
             return fn(self.reader_conn, *args)
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._writer is not None:
+            await self._writer.caught_up()
         return await asyncio.to_thread(self.read_sync, fn, *args)
 
 

@@ -17,6 +17,11 @@ a checkpoint's writeback (docs/performance.md), which is why it is only for a lo
 (nothing else in flight holds credit: no stream waits behind it) and only when a commit
 does not wait for the disk (`synchronous=NORMAL`). Under load the operation is queued and
 batched as before.
+
+An operation can also be posted: queued like any other, but nobody waits for it. The
+settlement journal (store/journal.py) posts the charges it has already made durable, so
+their answers need not wait for SQLite. The writer counts posted operations done and
+failed; `caught_up` lets a reader wait until every posted operation has committed.
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ from typing import Any
 log = logging.getLogger("farebox.writer")
 
 Op = Callable[[sqlite3.Connection], Any]
-Queued = tuple[Op, "asyncio.Future[Any]", asyncio.AbstractEventLoop]
+# A posted operation has neither a future nor a loop: nobody waits for it.
+Queued = tuple[Op, "asyncio.Future[Any] | None", "asyncio.AbstractEventLoop | None"]
 _STOP = object()
 _CHECKPOINT = object()
 
@@ -62,6 +68,12 @@ class GroupWriter:
         self.ops = 0
         self.inlined = 0   # of `ops`, those committed on the caller's thread
         self.checkpoints = 0
+        # Posted operations: how many, and of those how many the writer thread has finished
+        # (committed or failed) and how many failed. Only the poster's thread changes
+        # `posts`, only the writer thread the other two.
+        self.posts = 0
+        self.posts_done = 0
+        self.posts_failed = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -83,6 +95,23 @@ class GroupWriter:
             self._outstanding += 1
         self._queue.put((op, future, loop))
         return future
+
+    def post(self, op: Op) -> None:
+        """Queue `op` for the next transaction without a future: nobody waits for it. A
+        failure is logged and counted in `posts_failed`; the poster (the journal) keeps what
+        is needed to apply it again."""
+        if self._stopped:
+            raise WriterStopped("the writer has stopped")
+        with self._count_lock:
+            self._outstanding += 1
+        self.posts += 1
+        self._queue.put((op, None, None))
+
+    async def caught_up(self) -> None:
+        """Return once every operation posted before this call has been committed (or has
+        failed): what a reader waits for to see every charge already answered."""
+        if self.posts_done < self.posts:
+            await self.submit(_nothing)   # FIFO: done only after everything queued before it
 
     def _commit_inline(self, op: Op, future: asyncio.Future[Any]) -> asyncio.Future[Any]:
         """Commit `op` on the caller's thread; the caller holds the connection's lock."""
@@ -160,7 +189,7 @@ class GroupWriter:
             # Only now, with the connection free: a caller resumed by this could otherwise
             # find it busy and queue an operation it could have committed inline.
             if batch:
-                _hand_back(batch, outcomes)
+                self._hand_back(batch, outcomes)
 
     def _checkpoint(self) -> None:
         # Outside any transaction, and nothing else writes meanwhile: this pass reaches the
@@ -189,17 +218,32 @@ class GroupWriter:
         self.ops += len(batch)
         return outcomes
 
+    def _hand_back(self, batch: list[Queued], outcomes: list[tuple[bool, Any]]) -> None:
+        """Resolve a batch's futures with one hop to each event loop that waits on them, and
+        count its posted operations."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
+        done = failed = 0
+        for (op, future, loop), (ok, value) in zip(batch, outcomes, strict=True):
+            if future is None:
+                done += 1
+                if not ok:
+                    failed += 1
+                    log.error("a posted write failed (%r): %r", op, value)
+                continue
+            assert loop is not None
+            by_loop.setdefault(loop, []).append((future, ok, value))
+        # Failed first: a reader of `posts_done` then never sees a failure as a commit.
+        self.posts_failed += failed
+        self.posts_done += done
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_resolve, items)
+            except RuntimeError:  # the loop closed while we committed; nobody is waiting
+                pass
 
-def _hand_back(batch: list[Queued], outcomes: list[tuple[bool, Any]]) -> None:
-    """Resolve a batch's futures with one hop to each event loop that waits on them."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
-    for (_, future, loop), (ok, value) in zip(batch, outcomes, strict=True):
-        by_loop.setdefault(loop, []).append((future, ok, value))
-    for loop, items in by_loop.items():
-        try:
-            loop.call_soon_threadsafe(_resolve, items)
-        except RuntimeError:  # the loop closed while we committed; nobody is waiting
-            pass
+
+def _nothing(conn: sqlite3.Connection) -> None:
+    return None
 
 
 def _run(conn: sqlite3.Connection, ops: list[Op]) -> list[Any]:
