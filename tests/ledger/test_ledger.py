@@ -185,22 +185,35 @@ def test_a_lone_charge_is_journaled_and_returns_before_it_commits(store: Store, 
         try:
             await ledger.grant(1, 1000, "a")
             await writer.submit(lambda conn: None)
-            h1, h2 = book.hold("g1", W, 100), book.hold("g2", W, 100)
+            h1, h2, h3 = book.hold("g1", W, 100), book.hold("g2", W, 100), book.hold("g3", W, 100)
             await ledger.commit(settle(book, h1, 100, "charge:g1", "g1"), generation("g1", 100, 100))
-            assert ledger.journal.records == 0 and writer.posts == 0    # g2 held: the group commit
-            busy = writer.submit(lambda conn: gate.wait(TIMEOUT))        # the writer is now held up
-            await ledger.commit(settle(book, h2, 50, "charge:g2", "g2"), generation("g2", 50, 50))
-            assert ledger.journal.records == 1 and writer.posts == 1 and writer.posts_done == 0
-            assert book.balance(W) == 850
-            assert stored_balances(store)[W] == 900                      # not committed yet
+            assert ledger.journal.records == 0 and writer.posts == 0    # others hold: the group commit
+            # Alone, but the writer is busy: a batch is coming anyway, so the charge joins it.
+            busy = writer.submit(lambda conn: gate.wait(TIMEOUT))
+            committing = asyncio.ensure_future(
+                ledger.commit(settle(book, h2, 50, "charge:g2", "g2"), generation("g2", 50, 50)))
+            await asyncio.sleep(0.05)
+            assert not committing.done() and ledger.journal.records == 0
             gate.set()
             await busy
+            await committing
+            # Alone with the writer idle: journaled, and back before SQLite has it. Another
+            # connection's write lock holds the writer's commit up meanwhile.
+            other = sqlite3.connect(store.path, isolation_level=None)
+            other.execute("BEGIN IMMEDIATE")
+            await ledger.commit(settle(book, h3, 25, "charge:g3", "g3"), generation("g3", 25, 25))
+            assert ledger.journal.records == 1 and writer.posts == 1 and writer.posts_done == 0
+            assert book.balance(W) == 825
+            assert stored_balances(store)[W] == 850                      # not committed yet
+            other.execute("ROLLBACK")
+            other.close()
             await writer.caught_up()
         finally:
             writer.stop()
 
     asyncio.run(main())
-    assert stored_balances(store)[W] == 850 == book.balance(W)
+    assert stored_balances(store)[W] == 825 == book.balance(W)
+    assert writer.posts_done == 1 and not writer.posts_failed
     assert verify_store(store.reader_conn).ok
 
 
