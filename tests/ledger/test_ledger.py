@@ -173,8 +173,8 @@ def journaled_ledger(store: Store, journal_file: Path) -> Ledger:
 
 def test_a_lone_charge_is_journaled_and_returns_before_it_commits(store: Store, tmp_path: Path) -> None:
     """With the settlement journal, a lone request's commit is one append: it returns while
-    the writer is still busy, and the writer commits the charge behind it. Under load the
-    charge waits for its group commit as before."""
+    the writer is still busy, and the writer commits the charge behind it. While another
+    request holds credit or waits for its own commit, the charge joins the group commit."""
     ledger = journaled_ledger(store, tmp_path / "journal")
     book, writer = ledger.book, ledger.writer
     assert ledger.journal is not None
@@ -185,20 +185,22 @@ def test_a_lone_charge_is_journaled_and_returns_before_it_commits(store: Store, 
         try:
             await ledger.grant(1, 1000, "a")
             await writer.submit(lambda conn: None)
-            h1, h2, h3 = book.hold("g1", W, 100), book.hold("g2", W, 100), book.hold("g3", W, 100)
-            await ledger.commit(settle(book, h1, 100, "charge:g1", "g1"), generation("g1", 100, 100))
-            assert ledger.journal.records == 0 and writer.posts == 0    # others hold: the group commit
-            # Alone, but the writer is busy: a batch is coming anyway, so the charge joins it.
-            busy = writer.submit(lambda conn: gate.wait(TIMEOUT))
-            committing = asyncio.ensure_future(
+            h1, h2 = book.hold("g1", W, 100), book.hold("g2", W, 100)
+            gate_op = writer.submit(lambda conn: gate.wait(TIMEOUT))    # holds the writer up
+            first = asyncio.ensure_future(
+                ledger.commit(settle(book, h1, 100, "charge:g1", "g1"), generation("g1", 100, 100)))
+            await asyncio.sleep(0)                                       # g2 holds: the group commit
+            # No hold left, but g1 waits for its commit: g2 joins the same batch.
+            second = asyncio.ensure_future(
                 ledger.commit(settle(book, h2, 50, "charge:g2", "g2"), generation("g2", 50, 50)))
             await asyncio.sleep(0.05)
-            assert not committing.done() and ledger.journal.records == 0
+            assert not first.done() and not second.done()
+            assert ledger.journal.records == 0 and writer.posts == 0
             gate.set()
-            await busy
-            await committing
-            # Alone with the writer idle: journaled, and back before SQLite has it. Another
-            # connection's write lock holds the writer's commit up meanwhile.
+            await asyncio.gather(gate_op, first, second)
+            h3 = book.hold("g3", W, 100)
+            # Alone: journaled, and back before SQLite has it, even with the writer busy (here
+            # held up by another connection's write lock).
             other = sqlite3.connect(store.path, isolation_level=None)
             other.execute("BEGIN IMMEDIATE")
             await ledger.commit(settle(book, h3, 25, "charge:g3", "g3"), generation("g3", 25, 25))

@@ -107,12 +107,6 @@ class GroupWriter:
         self.posts += 1
         self._queue.put((op, None, None))
 
-    @property
-    def idle(self) -> bool:
-        """Nothing submitted or posted is waiting to commit (a moment's view: the writer
-        thread may take new work right after)."""
-        return not self._outstanding
-
     async def caught_up(self) -> None:
         """Return once every operation posted before this call has been committed (or has
         failed): what a reader waits for to see every charge already answered."""
