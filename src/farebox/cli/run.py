@@ -29,6 +29,7 @@ def _settings(config: Path | None, **overrides: object) -> Settings:
 
 def _gateway(settings: Settings):  # type: ignore[no-untyped-def]
     from farebox.app import Gateway
+    from farebox.store.journal import JournalError
     from farebox.store.sqlite import DatabaseInUse
 
     try:
@@ -38,6 +39,9 @@ def _gateway(settings: Settings):  # type: ignore[no-untyped-def]
         raise typer.Exit(2) from None
     except DatabaseInUse as e:
         typer.echo(f"farebox: {e}; one server per database", err=True)
+        raise typer.Exit(2) from None
+    except JournalError as e:
+        typer.echo(f"farebox: {e}", err=True)
         raise typer.Exit(2) from None
 
 
