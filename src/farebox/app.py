@@ -87,7 +87,7 @@ class Gateway:
         # Charges a crashed process answered but had not committed, before anything reads
         # balances; whatever `settle_journal` says now, an earlier run may have used it.
         replay_journal(journal_path(settings.database_file), self.writer)
-        self.journal = (Journal(journal_path(settings.database_file), self.writer)
+        self.journal = (Journal(journal_path(settings.database_file), self.writer, self.clock)
                         if settings.settle_journal and settings.sqlite_synchronous == "NORMAL" else None)
         self.book = Book(self.clock, settings.hold_timeout_s)
         self.ledger = Ledger(self.book, self.writer, self.clock, settings.hold_sweep_interval_s, self.journal)

@@ -168,7 +168,7 @@ def test_a_charge_commits_inline_only_when_no_other_request_holds_credit(store: 
 def journaled_ledger(store: Store, journal_file: Path) -> Ledger:
     clock = FakeClock()
     writer = GroupWriter(store.writer_conn)
-    return Ledger(Book(clock, TIMEOUT), writer, clock, sweep_interval_s=0.001, journal=Journal(journal_file, writer))
+    return Ledger(Book(clock, TIMEOUT), writer, clock, sweep_interval_s=0.001, journal=Journal(journal_file, writer, clock))
 
 
 def test_a_lone_charge_is_journaled_and_returns_before_it_commits(store: Store, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from farebox.clock import FakeClock
 from farebox.ledger.entries import GRANTS, REVENUE, Entry, wallet
 from farebox.ledger.verify import verify_store
 from farebox.store import sqlite as ops
@@ -68,7 +69,7 @@ def crashed_with(db: Path, settlements: list[ops.SettleOp]) -> None:
     started: the process 'dies' with all of them answered and none committed."""
     store = Store(db)
     writer = GroupWriter(store.writer_conn)
-    journal = Journal(journal_path(db), writer)
+    journal = Journal(journal_path(db), writer, FakeClock())
     for op in settlements:
         journal.record(op)
     assert writer.posts == len(settlements) and writer.posts_done == 0
@@ -110,7 +111,7 @@ def test_a_start_applies_what_a_crash_left_in_the_journal_in_order(db: Path) -> 
 def test_a_record_already_committed_is_not_applied_again(db: Path) -> None:
     store = Store(db)
     writer = GroupWriter(store.writer_conn)
-    journal = Journal(journal_path(db), writer)
+    journal = Journal(journal_path(db), writer, FakeClock())
 
     async def main() -> None:
         writer.start()
@@ -166,7 +167,7 @@ def test_the_journal_is_emptied_only_when_everything_in_it_committed(db: Path) -
     store = Store(db)
     writer = GroupWriter(store.writer_conn)
     path = journal_path(db)
-    journal = Journal(path, writer, reset_bytes=1)
+    journal = Journal(path, writer, FakeClock(), reset_bytes=1)
     gate = threading.Event()
 
     async def main() -> None:
@@ -193,7 +194,7 @@ def test_a_post_that_failed_to_commit_keeps_the_journal_for_the_next_start(db: P
     store = Store(db)
     writer = GroupWriter(store.writer_conn)
     path = journal_path(db)
-    journal = Journal(path, writer, reset_bytes=1)
+    journal = Journal(path, writer, FakeClock(), reset_bytes=1)
     store.writer_conn.execute("PRAGMA busy_timeout = 0")
 
     async def main() -> None:
@@ -228,7 +229,7 @@ def test_a_post_that_failed_to_commit_keeps_the_journal_for_the_next_start(db: P
 def test_a_failed_write_leaves_the_file_as_it_was_and_posts_nothing(db: Path, tmp_path: Path) -> None:
     store = Store(db)
     writer = GroupWriter(store.writer_conn)
-    journal = Journal(Path("/dev/full"), writer)
+    journal = Journal(Path("/dev/full"), writer, FakeClock())
     with pytest.raises(OSError):
         journal.record(settlement(1))
     assert writer.posts == 0 and journal.records == 0 and journal.usable
@@ -239,7 +240,7 @@ def test_a_record_written_after_the_writer_stopped_is_kept(db: Path) -> None:
     store = Store(db)
     writer = GroupWriter(store.writer_conn)
     path = journal_path(db)
-    journal = Journal(path, writer)
+    journal = Journal(path, writer, FakeClock())
     writer.start()
     writer.stop()
     journal.record(settlement(1))                            # durable here; nothing to post it to
@@ -250,3 +251,81 @@ def test_a_record_written_after_the_writer_stopped_is_kept(db: Path) -> None:
     assert replay(path, GroupWriter(store.writer_conn)) == 1
     store.close()
     assert stored_ids(db) == ["gen-0001"]
+
+
+async def settled(writer: GroupWriter) -> None:
+    """Until the writer has finished (committed or failed) everything posted so far."""
+    while writer.posts_done < writer.posts:
+        await asyncio.sleep(0.005)
+
+
+def test_a_failed_post_is_posted_again_after_a_growing_wait_until_it_commits(db: Path) -> None:
+    store = Store(db)
+    writer = GroupWriter(store.writer_conn)
+    path = journal_path(db)
+    clock = FakeClock()
+    journal = Journal(path, writer, clock, reset_bytes=1)
+    store.writer_conn.execute("PRAGMA busy_timeout = 0")
+
+    async def main() -> None:
+        writer.start()
+        other = sqlite3.connect(db, timeout=0, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")                  # the database is locked for a while
+        journal.record(settlement(1))
+        await settled(writer)
+        assert writer.has_failed_posts
+        journal.record(settlement(2))                     # a first failure: waits 1 s
+        await settled(writer)
+        assert journal.retried == 0
+        clock.advance(1)
+        journal.record(settlement(3))                     # 1 and 2 again (and fail again)
+        await settled(writer)
+        assert journal.retried == 2 and writer.posts_failed == 5
+        other.execute("ROLLBACK")
+        other.close()
+        clock.advance(1)
+        journal.record(settlement(4))                     # the wait is 2 s now: not yet
+        await settled(writer)
+        assert journal.retried == 2 and writer.has_failed_posts
+        clock.advance(1)
+        journal.record(settlement(5))                     # 1, 2 and 3 again: they commit
+        await settled(writer)
+        assert journal.retried == 5 and not writer.has_failed_posts
+        assert journal.resets == 0                        # never while something had failed
+        journal.record(settlement(6))                     # all committed: emptied first
+        await settled(writer)
+        assert journal.resets == 1 and path.read_bytes().count(b"\n") == 1
+
+    asyncio.run(main())
+    writer.stop()
+    journal.close()
+    store.close()
+    assert sorted(stored_ids(db)) == [f"gen-{i:04d}" for i in range(1, 7)]
+    assert balance(db) == GRANT - 6000
+    assert path.stat().st_size == 0
+    conn = sqlite3.connect(db)
+    assert verify_store(conn).ok
+    conn.close()
+
+
+def test_reads_go_on_while_the_writer_cannot_commit(db: Path) -> None:
+    store = Store(db)
+    writer = GroupWriter(store.writer_conn)
+    store.read_after(writer)
+    journal = Journal(journal_path(db), writer, FakeClock())
+    store.writer_conn.execute("PRAGMA busy_timeout = 0")
+
+    async def main() -> int:
+        writer.start()
+        other = sqlite3.connect(db, timeout=0, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        journal.record(settlement(1))
+        try:
+            return await store.read(lambda conn: conn.execute("SELECT COUNT(*) FROM generations").fetchone()[0])
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+
+    assert asyncio.run(main()) == 0
+    writer.stop()
+    store.close()

@@ -16,10 +16,11 @@ Rules:
 - The file may hold settlements already committed: replay skips a record whose
   generation is in the database, so the file is emptied lazily, once it has grown past
   `reset_bytes` and every posted settlement has committed.
-- A posted settlement that failed to commit stays here for the rest of the process (the
-  file is never emptied again) and the next start applies it. If it fails again there,
-  the start fails and names it: a charge a client was answered for is never dropped
-  silently.
+- A posted settlement that failed to commit (a full disk, a lock held past the busy
+  timeout) is posted again with the next record, after 1 s, then after twice as long each
+  time up to a minute, until it commits. Meanwhile the file is not emptied. If the process
+  ends first, the next start applies it; if it fails there too, the start fails and names
+  it: a charge a client was answered for is never dropped silently.
 - A last line without its newline is a write a crash cut short. The request it belongs
   to was not answered, so it is dropped.
 """
@@ -34,6 +35,7 @@ from pathlib import Path
 
 import orjson
 
+from farebox.clock import Clock
 from farebox.ledger.entries import Entry
 from farebox.store.sqlite import SettleOp
 from farebox.store.writer import GroupWriter, WriterStopped
@@ -43,6 +45,8 @@ log = logging.getLogger("farebox.journal")
 # Emptying the file is a truncate (and an inode update) on the event loop's thread: done at
 # most once per this many bytes, ~1,000 settlements, which is also the most a start replays.
 RESET_BYTES = 1 << 20
+RETRY_FIRST_S = 1.0    # the first wait before a failed settlement is posted again; it doubles
+RETRY_MAX_S = 60.0
 
 
 class JournalError(RuntimeError):
@@ -122,9 +126,13 @@ def replay(path: Path, writer: GroupWriter) -> int:
 class Journal:
     """The open journal a running gateway appends to; see the module's docstring."""
 
-    def __init__(self, path: Path, writer: GroupWriter, reset_bytes: int = RESET_BYTES) -> None:
+    def __init__(self, path: Path, writer: GroupWriter, clock: Clock, reset_bytes: int = RESET_BYTES) -> None:
         self.path = path
         self._writer = writer
+        self._clock = clock
+        self._retry_wait = RETRY_FIRST_S
+        self._retry_at: float | None = None   # when failed settlements are next posted again
+        self.retried = 0
         self._reset_bytes = reset_bytes
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         self._size = os.fstat(self._fd).st_size
@@ -139,6 +147,11 @@ class Journal:
         """Make `op` durable here, then post it to the writer. Raises OSError if the write
         failed; the file is then as it was, and `op` is not posted."""
         assert self.usable
+        w = self._writer
+        if w.has_failed_posts:
+            self._retry_failed()
+        elif self._retry_at is not None and w.posts_done == w.posts:
+            self._retry_at = None   # what failed has committed since: a new failure starts over
         if self._size >= self._reset_bytes and self._all_committed():
             os.ftruncate(self._fd, 0)
             self._size = 0
@@ -150,6 +163,23 @@ class Journal:
         except WriterStopped:
             # Shutting down: the record is durable here and the next start applies it.
             self._keep = True
+
+    def _retry_failed(self) -> None:
+        """Post the settlements whose commit failed again, once their wait is over. They are
+        still in the file, which is not emptied until they commit."""
+        now = self._clock.monotonic()
+        if self._retry_at is None:   # a new failure: wait the first interval
+            self._retry_at, self._retry_wait = now + RETRY_FIRST_S, RETRY_FIRST_S
+            return
+        if now < self._retry_at:
+            return
+        failed = self._writer.failed_posts()
+        for op in failed:
+            self._writer.post(op)
+        self.retried += len(failed)
+        log.warning("posting %d charges again whose commit failed", len(failed))
+        self._retry_wait = min(self._retry_wait * 2, RETRY_MAX_S)
+        self._retry_at = now + self._retry_wait
 
     def _write(self, line: bytes) -> None:
         written = 0
@@ -169,8 +199,8 @@ class Journal:
 
     def _all_committed(self) -> bool:
         w = self._writer
-        # posts_failed is raised before posts_done, so a failure is never read as a commit.
-        return not self._keep and w.posts_done == w.posts and not w.posts_failed
+        # A failed post is listed before posts_done counts it, so it is never read as a commit.
+        return not self._keep and not w.has_failed_posts and w.posts_done == w.posts
 
     def close(self) -> None:
         """After the writer has stopped: empty the file if everything in it committed."""

@@ -27,6 +27,7 @@ failed; `caught_up` lets a reader wait until every posted operation has committe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import sqlite3
@@ -74,6 +75,9 @@ class GroupWriter:
         self.posts = 0
         self.posts_done = 0
         self.posts_failed = 0
+        # Posted operations that failed, for the poster to post again (`failed_posts`). The
+        # writer thread appends; the poster swaps the list out.
+        self._failed_posts: list[Op] = []
 
     def start(self) -> None:
         self._thread.start()
@@ -98,8 +102,8 @@ class GroupWriter:
 
     def post(self, op: Op) -> None:
         """Queue `op` for the next transaction without a future: nobody waits for it. A
-        failure is logged and counted in `posts_failed`; the poster (the journal) keeps what
-        is needed to apply it again."""
+        failure is logged, counted in `posts_failed` and listed for `failed_posts`; the
+        poster (the journal) keeps what is needed to apply it again."""
         if self._stopped:
             raise WriterStopped("the writer has stopped")
         with self._count_lock:
@@ -107,11 +111,23 @@ class GroupWriter:
         self.posts += 1
         self._queue.put((op, None, None))
 
+    @property
+    def has_failed_posts(self) -> bool:
+        return bool(self._failed_posts)
+
+    def failed_posts(self) -> list[Op]:
+        """Take the posted operations that failed since the last call, to post them again."""
+        taken, self._failed_posts = self._failed_posts, []
+        return taken
+
     async def caught_up(self) -> None:
         """Return once every operation posted before this call has been committed (or has
         failed): what a reader waits for to see every charge already answered."""
         if self.posts_done < self.posts:
-            await self.submit(_nothing)   # FIFO: done only after everything queued before it
+            # FIFO: done only after everything queued before it. If its batch could not
+            # commit either (the database locked or full), the reader still goes on to read.
+            with contextlib.suppress(Exception):
+                await self.submit(_nothing)
 
     def _commit_inline(self, op: Op, future: asyncio.Future[Any]) -> asyncio.Future[Any]:
         """Commit `op` on the caller's thread; the caller holds the connection's lock."""
@@ -228,11 +244,13 @@ class GroupWriter:
                 done += 1
                 if not ok:
                     failed += 1
+                    self._failed_posts.append(op)
                     log.error("a posted write failed (%r): %r", op, value)
                 continue
             assert loop is not None
             by_loop.setdefault(loop, []).append((future, ok, value))
-        # Failed first: a reader of `posts_done` then never sees a failure as a commit.
+        # Failed first (and the failed ops listed): a reader of `posts_done` then never
+        # sees a failure as a commit.
         self.posts_failed += failed
         self.posts_done += done
         for loop, items in by_loop.items():
