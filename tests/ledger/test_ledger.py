@@ -219,9 +219,13 @@ def test_a_lone_charge_is_journaled_and_returns_before_it_commits(store: Store, 
     assert verify_store(store.reader_conn).ok
 
 
-def test_a_charge_the_journal_cannot_write_is_not_billed(store: Store) -> None:
-    ledger = journaled_ledger(store, Path("/dev/full"))
+@pytest.mark.parametrize("why", ["disk full", "unencodable record"])
+def test_a_charge_the_journal_cannot_write_is_not_billed(store: Store, tmp_path: Path, why: str) -> None:
+    ledger = journaled_ledger(store, Path("/dev/full") if why == "disk full" else tmp_path / "journal")
     book = ledger.book
+    record = generation("g1", 100, 100)
+    if why == "unencodable record":
+        record["huge"] = 2**70   # beyond what JSON in this store carries (64 bits)
 
     async def main() -> None:
         ledger.writer.start()
@@ -230,7 +234,7 @@ def test_a_charge_the_journal_cannot_write_is_not_billed(store: Store) -> None:
             await ledger.writer.submit(lambda conn: None)
             s = settle(book, book.hold("g1", W, 100), 100, "charge:g1", "g1")
             with pytest.raises(InternalError):
-                await ledger.commit(s, generation("g1", 100, 100))
+                await ledger.commit(s, record)
             assert book.balance(W) == 1000 and not book.holds
         finally:
             ledger.writer.stop()

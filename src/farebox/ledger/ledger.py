@@ -313,7 +313,7 @@ class Ledger:
         """Make a settlement and its generation record (and, with prompt logging, its
         content) durable, or undo it in memory.
 
-        A lone request (no other hold open) has nobody to share a group commit with, and
+        A lone request (defined below) has nobody to share a group commit with, and
         waiting for SQLite would be most of its added latency: with a journal, one append
         makes its charge durable and the writer commits it behind the answer. Under load the
         charge joins the next group commit, whose cost is shared, and the answer waits.
@@ -330,7 +330,7 @@ class Ledger:
         if lone and journal is not None and journal.usable:
             try:
                 journal.record(op)
-            except OSError as e:
+            except Exception as e:   # nothing was written: a failed write is cut off
                 self.book.revert(settlement)
                 log.error("could not journal charge for %s: %r", generation.get("id"), e)
                 raise InternalError("The charge for this request could not be recorded; it was not billed") from e
