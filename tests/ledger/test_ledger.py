@@ -165,6 +165,24 @@ def test_a_charge_commits_inline_only_when_no_other_request_holds_credit(store: 
     assert verify_store(store.reader_conn).ok
 
 
+def test_a_charge_submitted_after_the_writer_stopped_is_not_billed(store: Store) -> None:
+    ledger = make_ledger(store)
+    book = ledger.book
+
+    async def main() -> None:
+        ledger.writer.start()
+        await ledger.grant(1, 1000, "a")
+        await ledger.writer.submit(lambda conn: None)
+        hold = book.hold("g1", W, 100)
+        ledger.writer.stop()                                  # shutting down
+        with pytest.raises(InternalError):
+            await ledger.commit(settle(book, hold, 100, "charge:g1", "g1"), generation("g1", 100, 100))
+        assert book.balance(W) == 1000 and not book.holds
+
+    asyncio.run(main())
+    assert stored_balances(store)[W] == 1000
+
+
 def journaled_ledger(store: Store, journal_file: Path) -> Ledger:
     clock = FakeClock()
     writer = GroupWriter(store.writer_conn)

@@ -335,7 +335,16 @@ class Ledger:
                 log.error("could not journal charge for %s: %r", generation.get("id"), e)
                 raise InternalError("The charge for this request could not be recorded; it was not billed") from e
             return
-        future = self.writer.submit(op, inline=lone)
+        try:
+            future = self.writer.submit(op, inline=lone)
+        except BaseException as e:
+            # Nothing was committed: stopped (shutting down), or interrupted inside an inline
+            # transaction, which rolled back.
+            self.book.revert(settlement)
+            log.error("could not commit charge for %s: %r", generation.get("id"), e)
+            if isinstance(e, Exception):
+                raise InternalError("The charge for this request could not be recorded; it was not billed") from e
+            raise
 
         def reverted(f: asyncio.Future[None]) -> None:
             # In a callback, not in an except clause: the book must follow the database
