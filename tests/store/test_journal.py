@@ -5,8 +5,10 @@ once, in order, never a record cut short, and loudly when a record cannot be app
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +64,32 @@ def balance(path: Path) -> int:
         return conn.execute("SELECT balance FROM accounts WHERE id = ?", (W,)).fetchone()[0]
     finally:
         conn.close()
+
+
+def impatient(db: Path) -> tuple[Store, GroupWriter]:
+    """A store whose writer gives up at once on a locked database instead of waiting."""
+    store = Store(db)
+    store.writer_conn.execute("PRAGMA busy_timeout = 0")
+    return store, GroupWriter(store.writer_conn)
+
+
+@contextlib.contextmanager
+def locked(db: Path) -> Iterator[sqlite3.Connection]:
+    """Another connection holding the write lock until it rolls back: commits fail meanwhile."""
+    other = sqlite3.connect(db, timeout=0, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        yield other
+    finally:
+        if other.in_transaction:
+            other.execute("ROLLBACK")
+        other.close()
+
+
+async def settled(writer: GroupWriter) -> None:
+    """Until the writer has finished (committed or failed) everything posted so far."""
+    while writer.posts_done < writer.posts:
+        await asyncio.sleep(0.005)
 
 
 def crashed_with(db: Path, settlements: list[ops.SettleOp]) -> None:
@@ -191,22 +219,15 @@ def test_the_journal_is_emptied_only_when_everything_in_it_committed(db: Path) -
 
 
 def test_a_post_that_failed_to_commit_keeps_the_journal_for_the_next_start(db: Path) -> None:
-    store = Store(db)
-    writer = GroupWriter(store.writer_conn)
+    store, writer = impatient(db)
     path = journal_path(db)
     journal = Journal(path, writer, FakeClock(), reset_bytes=1)
-    store.writer_conn.execute("PRAGMA busy_timeout = 0")
 
     async def main() -> None:
         writer.start()
-        # A lock the commit cannot get past: another connection is writing.
-        other = sqlite3.connect(db, timeout=0, isolation_level=None)
-        other.execute("BEGIN IMMEDIATE")
-        journal.record(settlement(1))
-        while writer.posts_done < 1:
-            await asyncio.sleep(0.01)
-        other.execute("ROLLBACK")
-        other.close()
+        with locked(db):
+            journal.record(settlement(1))
+            await settled(writer)
         journal.record(settlement(2))                            # no reset: 1 failed
         await writer.caught_up()
 
@@ -253,36 +274,26 @@ def test_a_record_written_after_the_writer_stopped_is_kept(db: Path) -> None:
     assert stored_ids(db) == ["gen-0001"]
 
 
-async def settled(writer: GroupWriter) -> None:
-    """Until the writer has finished (committed or failed) everything posted so far."""
-    while writer.posts_done < writer.posts:
-        await asyncio.sleep(0.005)
-
-
 def test_a_failed_post_is_posted_again_after_a_growing_wait_until_it_commits(db: Path) -> None:
-    store = Store(db)
-    writer = GroupWriter(store.writer_conn)
+    store, writer = impatient(db)
     path = journal_path(db)
     clock = FakeClock()
     journal = Journal(path, writer, clock, reset_bytes=1)
-    store.writer_conn.execute("PRAGMA busy_timeout = 0")
 
     async def main() -> None:
         writer.start()
-        other = sqlite3.connect(db, timeout=0, isolation_level=None)
-        other.execute("BEGIN IMMEDIATE")                  # the database is locked for a while
-        journal.record(settlement(1))
-        await settled(writer)
-        assert writer.has_failed_posts
-        journal.record(settlement(2))                     # a first failure: waits 1 s
-        await settled(writer)
-        assert journal.retried == 0
-        clock.advance(1)
-        journal.record(settlement(3))                     # 1 and 2 again (and fail again)
-        await settled(writer)
-        assert journal.retried == 2 and writer.posts_failed == 5
-        other.execute("ROLLBACK")
-        other.close()
+        with locked(db) as other:                         # the database is locked for a while
+            journal.record(settlement(1))
+            await settled(writer)
+            assert writer.has_failed_posts
+            journal.record(settlement(2))                 # a first failure: waits 1 s
+            await settled(writer)
+            assert journal.retried == 0
+            clock.advance(1)
+            journal.record(settlement(3))                 # 1 and 2 again (and fail again)
+            await settled(writer)
+            assert journal.retried == 2 and writer.posts_failed == 5
+            other.execute("ROLLBACK")                     # and now it is not
         clock.advance(1)
         journal.record(settlement(4))                     # the wait is 2 s now: not yet
         await settled(writer)
@@ -309,22 +320,15 @@ def test_a_failed_post_is_posted_again_after_a_growing_wait_until_it_commits(db:
 
 
 def test_reads_go_on_while_the_writer_cannot_commit(db: Path) -> None:
-    store = Store(db)
-    writer = GroupWriter(store.writer_conn)
+    store, writer = impatient(db)
     store.read_after(writer)
     journal = Journal(journal_path(db), writer, FakeClock())
-    store.writer_conn.execute("PRAGMA busy_timeout = 0")
 
     async def main() -> int:
         writer.start()
-        other = sqlite3.connect(db, timeout=0, isolation_level=None)
-        other.execute("BEGIN IMMEDIATE")
-        journal.record(settlement(1))
-        try:
+        with locked(db):
+            journal.record(settlement(1))
             return await store.read(lambda conn: conn.execute("SELECT COUNT(*) FROM generations").fetchone()[0])
-        finally:
-            other.execute("ROLLBACK")
-            other.close()
 
     assert asyncio.run(main()) == 0
     writer.stop()
