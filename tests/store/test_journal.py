@@ -333,3 +333,31 @@ def test_reads_go_on_while_the_writer_cannot_commit(db: Path) -> None:
     assert asyncio.run(main()) == 0
     writer.stop()
     store.close()
+
+
+def test_failed_charges_due_again_after_the_writer_stopped_are_kept(db: Path) -> None:
+    store, writer = impatient(db)
+    path = journal_path(db)
+    clock = FakeClock()
+    journal = Journal(path, writer, clock, reset_bytes=1)
+
+    async def main() -> None:
+        writer.start()
+        with locked(db):
+            journal.record(settlement(1))
+            await settled(writer)
+            journal.record(settlement(2))                 # a first failure: waits 1 s
+            await settled(writer)
+        assert writer.posts_failed == 2
+
+    asyncio.run(main())
+    writer.stop()                                         # shutting down
+    clock.advance(1)
+    journal.record(settlement(3))                         # 1 and 2 are due, and cannot be posted
+    journal.close()                                       # so the file is kept
+    store.close()
+    assert path.read_bytes().count(b"\n") == 3
+    store = Store(db)
+    assert replay(path, GroupWriter(store.writer_conn)) == 3
+    store.close()
+    assert sorted(stored_ids(db)) == ["gen-0001", "gen-0002", "gen-0003"]

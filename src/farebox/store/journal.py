@@ -136,16 +136,18 @@ class Journal:
         self._reset_bytes = reset_bytes
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         self._size = os.fstat(self._fd).st_size
-        # Set when a record may be needed by the next start beyond what `posts_failed`
-        # shows: it was written but could not be posted (the writer had stopped).
+        # Set when a record may be needed by the next start beyond what the writer's failed
+        # posts show: it was written, or failed before, and could not be posted (the writer
+        # had stopped).
         self._keep = False
         self.usable = True   # false once a failed write could not be undone
         self.records = 0
         self.resets = 0
 
     def record(self, op: SettleOp) -> None:
-        """Make `op` durable here, then post it to the writer. Raises OSError if the write
-        failed; the file is then as it was, and `op` is not posted."""
+        """Make `op` durable here, then post it to the writer. Raises if `op` could not be
+        written (an OSError, or a TypeError for a value JSON cannot carry): the file is then
+        as it was, and `op` is not posted."""
         assert self.usable
         w = self._writer
         if w.has_failed_posts:
@@ -174,8 +176,13 @@ class Journal:
         if now < self._retry_at:
             return
         failed = self._writer.failed_posts()
-        for op in failed:
-            self._writer.post(op)
+        try:
+            for op in failed:
+                self._writer.post(op)
+        except WriterStopped:
+            # Shutting down: they stay in the file, and `_keep` stops close() emptying it.
+            self._keep = True
+            return
         self.retried += len(failed)
         log.warning("posting %d charges again whose commit failed", len(failed))
         self._retry_wait = min(self._retry_wait * 2, RETRY_MAX_S)
