@@ -133,51 +133,58 @@ def ab(args: argparse.Namespace, procs: run.Procs, tmp: Path) -> int:
     wrk = run.Wrk(wrk_bin, procs, tmp)
     failed = []
 
-    def measure(name: str, mode: str, secs: int) -> tuple[float, float | None]:
+    def measure(name: str, mode: str, secs: int) -> tuple[float, float | None, float]:
         g = gateways[name]
         before = cpu_seconds(g["proc"].pid)
         out, _ = wrk.run(g["url"], args.connections, secs, {**MODES[mode], "BENCH_KEY": g["key"]})
         spent = cpu_seconds(g["proc"].pid) - before
         if out["errors"] or not out["requests"]:
             failed.append(f"{name} {mode}: {out['requests']} requests, {out['errors']} errors")
-            return float("nan"), None
-        return spent / out["requests"] * 1e6, out["p50_us"]
+            return float("nan"), None, float("nan")
+        return spent / out["requests"] * 1e6, out["p50_us"], out["requests"] / secs
 
     for name in gateways:           # warm both up: imports, caches, the first WAL pages
         for mode in args.modes:
             measure(name, mode, 2)
     cpu: dict[tuple[str, str], list[float]] = {(n, m): [] for n in gateways for m in args.modes}
     p50: dict[tuple[str, str], list[float]] = {(n, m): [] for n in gateways for m in args.modes}
+    # Throughput as well as CPU: a change that moves work off the event loop's thread (or
+    # onto it) changes req/s by more, or less, than its CPU a request suggests.
+    rps: dict[tuple[str, str], list[float]] = {(n, m): [] for n in gateways for m in args.modes}
     for r in range(args.rounds):
         order = ["base", "new"] if r % 2 == 0 else ["new", "base"]
         for mode in args.modes:
             for name in order:
-                us, lat = measure(name, mode, args.seconds)
+                us, lat, rate = measure(name, mode, args.seconds)
                 cpu[(name, mode)].append(us)
+                rps[(name, mode)].append(rate)
                 if lat is not None:
                     p50[(name, mode)].append(lat)
         run.say(f"ab: round {r + 1}/{args.rounds}: " + "; ".join(
-            f"{m} base {cpu[('base', m)][-1]:.0f} new {cpu[('new', m)][-1]:.0f} µs CPU/req" for m in args.modes))
+            f"{m} base {cpu[('base', m)][-1]:.0f} new {cpu[('new', m)][-1]:.0f} µs CPU/req, "
+            f"{rps[('base', m)][-1]:,.0f} / {rps[('new', m)][-1]:,.0f} req/s" for m in args.modes))
     if failed:
         raise run.Failure("a gateway answered errors: " + "; ".join(failed))
 
     run.say("")
     run.say("| mode | base µs CPU/req (median) | new µs CPU/req (median) | new - base, median of rounds | "
-            "rounds new cheaper | p50 base / new |")
-    run.say("|---|---:|---:|---:|---:|---:|")
+            "rounds new cheaper | p50 base / new | req/s new / base, median of rounds |")
+    run.say("|---|---:|---:|---:|---:|---:|---:|")
     for mode in args.modes:
         b, n = cpu[("base", mode)], cpu[("new", mode)]
         diffs = [y - x for x, y in zip(b, n, strict=True)]
         cheaper = sum(d < 0 for d in diffs)
+        speedup = statistics.median(y / x for x, y in zip(rps[("base", mode)], rps[("new", mode)], strict=True))
         run.say(f"| {mode} | {statistics.median(b):.1f} | {statistics.median(n):.1f} | "
                 f"{statistics.median(diffs):+.1f} ({statistics.median(diffs) / statistics.median(b) * 100:+.1f}%) | "
                 f"{cheaper} of {len(diffs)} | {statistics.median(p50[('base', mode)]) / 1000:.2f} / "
-                f"{statistics.median(p50[('new', mode)]) / 1000:.2f} ms |")
+                f"{statistics.median(p50[('new', mode)]) / 1000:.2f} ms | {speedup:.3f} |")
     if args.out is not None:
         args.out.write_text(json.dumps({
             "base": gateways["base"]["label"], "new": gateways["new"]["label"], "connections": args.connections,
             "seconds": args.seconds, "modes": {m: {"base_us": cpu[("base", m)], "new_us": cpu[("new", m)],
-                                                   "base_p50_us": p50[("base", m)], "new_p50_us": p50[("new", m)]}
+                                                   "base_p50_us": p50[("base", m)], "new_p50_us": p50[("new", m)],
+                                                   "base_rps": rps[("base", m)], "new_rps": rps[("new", m)]}
                                                for m in args.modes}}, indent=1))
     return 0
 
