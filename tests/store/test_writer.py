@@ -358,6 +358,43 @@ def test_a_failing_inline_op_fails_its_future_and_leaves_nothing(store: Store, w
     assert writer.inlined == 2 and count(store) == 1
 
 
+def test_on_error_hears_of_a_failure_on_the_loop_even_when_nobody_awaits_any_more(
+        store: Store, writer: GroupWriter) -> None:
+    """The ledger reverts a charge's book in `on_error`, and awaits the future unshielded:
+    a cancelled wait must not hide the failure, and a success must not call it."""
+    gate = threading.Event()
+    heard: list[tuple[str, str, int]] = []
+
+    def python_error(conn: sqlite3.Connection) -> None:
+        raise ValueError("boom")
+
+    def on_error(name: str) -> Any:
+        return lambda e: heard.append((name, str(e), threading.get_ident()))
+
+    async def main() -> list[Any]:
+        writer.start()
+        first = writer.submit(gate_op(gate))
+        abandoned = writer.submit(python_error, on_error=on_error("abandoned"))
+        awaited = writer.submit(python_error, on_error=on_error("awaited"))
+        fine = writer.submit(post(grant(1)), on_error=on_error("fine"))
+        abandoned.cancel()                       # its task was cancelled while queued
+        gate.set()
+        await first
+        outcomes = await asyncio.gather(awaited, fine, return_exceptions=True)
+        inline = writer.submit(python_error, inline=True, on_error=on_error("inline"))
+        assert inline.done()                     # and on_error already called, before the await
+        assert heard[-1][0] == "inline"
+        outcomes.append(inline.exception())
+        return outcomes
+
+    loop_thread = threading.get_ident()
+    awaited, fine, inline = asyncio.run(main())
+    assert isinstance(awaited, ValueError) and fine == 1 and isinstance(inline, ValueError)
+    assert sorted(name for name, _, _ in heard) == ["abandoned", "awaited", "inline"]
+    assert all(message == "boom" and thread == loop_thread for _, message, thread in heard)
+    assert count(store) == 1
+
+
 def test_a_writer_made_without_inline_queues_everything(store: Store) -> None:
     writer = GroupWriter(store.writer_conn, inline=False)
 

@@ -335,8 +335,14 @@ class Ledger:
                 log.error("could not journal charge for %s: %r", generation.get("id"), e)
                 raise InternalError("The charge for this request could not be recorded; it was not billed") from e
             return
+        def reverted(error: BaseException) -> None:
+            # Called by the writer, not from an except clause here: the book must follow the
+            # database even if the task waiting here is cancelled before the write fails.
+            self.book.revert(settlement)
+            log.error("could not commit charge for %s: %r", generation.get("id"), error)
+
         try:
-            future = self.writer.submit(op, inline=lone)
+            future = self.writer.submit(op, inline=lone, on_error=reverted)
         except BaseException as e:
             # Nothing was committed: stopped (shutting down), or interrupted inside an inline
             # transaction, which rolled back.
@@ -345,22 +351,11 @@ class Ledger:
             if isinstance(e, Exception):
                 raise InternalError("The charge for this request could not be recorded; it was not billed") from e
             raise
-
-        def reverted(f: asyncio.Future[None]) -> None:
-            # In a callback, not in an except clause: the book must follow the database
-            # even if the task waiting here is cancelled before the write fails.
-            error = None if f.cancelled() else f.exception()
-            if f.cancelled() or error is not None:
-                self.book.revert(settlement)
-                log.error("could not commit charge for %s: %r", generation.get("id"), error)
-
-        if future.done():   # committed inline: the book follows before the error is raised
-            reverted(future)
-        else:
-            future.add_done_callback(reverted)
         self._waiting += 1
         try:
-            await asyncio.shield(future)
+            # No shield: cancelling this task cancels only our wait, never the write (the
+            # writer ignores a cancelled future), and a failure reverts the book by itself.
+            await future
         except asyncio.CancelledError:
             raise
         except Exception as e:

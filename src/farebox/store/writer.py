@@ -18,6 +18,12 @@ a checkpoint's writeback (docs/performance.md), which is why it is only for a lo
 does not wait for the disk (`synchronous=NORMAL`). Under load the operation is queued and
 batched as before.
 
+A caller may pass `on_error` with an operation: it is called on the event loop with the
+error if the operation fails, whether or not anyone still awaits the future. The ledger
+reverts a charge's book there, so it can await the future itself (cancelling the future when
+its task is cancelled changes nothing the writer does) instead of a shield's second future
+and extra loop pass (2.6 µs a request, measured alone).
+
 An operation can also be posted: queued like any other, but nobody waits for it. The
 settlement journal (store/journal.py) posts the charges it has already made durable, so
 their answers need not wait for SQLite. The writer counts posted operations done and
@@ -39,8 +45,9 @@ from typing import Any
 log = logging.getLogger("farebox.writer")
 
 Op = Callable[[sqlite3.Connection], Any]
+OnError = Callable[[BaseException], None]
 # A posted operation has neither a future nor a loop: nobody waits for it.
-Queued = tuple[Op, "asyncio.Future[Any] | None", "asyncio.AbstractEventLoop | None"]
+Queued = tuple[Op, "asyncio.Future[Any] | None", "asyncio.AbstractEventLoop | None", "OnError | None"]
 _STOP = object()
 _CHECKPOINT = object()
 
@@ -83,10 +90,13 @@ class GroupWriter:
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, op: Op, inline: bool = False) -> asyncio.Future[Any]:
+    def submit(self, op: Op, inline: bool = False, on_error: OnError | None = None) -> asyncio.Future[Any]:
         """Queue `op` for the next transaction; the future resolves once it has committed.
         With `inline`, commit it right here instead when that would be a batch of one
-        anyway (see the module's docstring); the future then comes back already done."""
+        anyway (see the module's docstring); the future then comes back already done, and
+        `on_error` has already been called if it failed. `on_error` is called on the event
+        loop with the error of a failed `op`, before its future is failed, even if the
+        future was cancelled meanwhile."""
         if self._stopped:
             raise WriterStopped("the writer has stopped")
         loop = asyncio.get_running_loop()
@@ -95,10 +105,10 @@ class GroupWriter:
             if self._outstanding:
                 self._conn_lock.release()
             else:
-                return self._commit_inline(op, future)
+                return self._commit_inline(op, future, on_error)
         with self._count_lock:
             self._outstanding += 1
-        self._queue.put((op, future, loop))
+        self._queue.put((op, future, loop, on_error))
         return future
 
     def post(self, op: Op) -> None:
@@ -110,7 +120,7 @@ class GroupWriter:
         with self._count_lock:
             self._outstanding += 1
         self.posts += 1
-        self._queue.put((op, None, None))
+        self._queue.put((op, None, None, None))
 
     @property
     def has_failed_posts(self) -> bool:
@@ -130,7 +140,7 @@ class GroupWriter:
             with contextlib.suppress(Exception):
                 await self.submit(_nothing)
 
-    def _commit_inline(self, op: Op, future: asyncio.Future[Any]) -> asyncio.Future[Any]:
+    def _commit_inline(self, op: Op, future: asyncio.Future[Any], on_error: OnError | None) -> asyncio.Future[Any]:
         """Commit `op` on the caller's thread; the caller holds the connection's lock."""
         try:
             ok, value = self._commit_alone(op)
@@ -139,10 +149,7 @@ class GroupWriter:
             self.inlined += 1
         finally:
             self._conn_lock.release()
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
+        _resolve([(future, ok, value, on_error)])
         return future
 
     def finish_checkpoint(self) -> None:
@@ -235,10 +242,10 @@ class GroupWriter:
     def _commit(self, batch: list[Queued]) -> list[tuple[bool, Any]]:
         outcomes: list[tuple[bool, Any]]
         try:
-            results = self._transaction([op for op, _, _ in batch])
+            results = self._transaction([item[0] for item in batch])
             outcomes = [(True, r) for r in results]
         except Exception:
-            outcomes = [self._commit_alone(op) for op, _, _ in batch]
+            outcomes = [self._commit_alone(item[0]) for item in batch]
         self.batches += 1
         self.ops += len(batch)
         return outcomes
@@ -246,9 +253,9 @@ class GroupWriter:
     def _hand_back(self, batch: list[Queued], outcomes: list[tuple[bool, Any]]) -> None:
         """Resolve a batch's futures with one hop to each event loop that waits on them, and
         count its posted operations."""
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
+        by_loop: dict[asyncio.AbstractEventLoop, list[Resolution]] = {}
         done = failed = 0
-        for (op, future, loop), (ok, value) in zip(batch, outcomes, strict=True):
+        for (op, future, loop, on_error), (ok, value) in zip(batch, outcomes, strict=True):
             if future is None:
                 done += 1
                 if not ok:
@@ -257,7 +264,7 @@ class GroupWriter:
                     log.error("a posted write failed (%r): %r", op, value)
                 continue
             assert loop is not None
-            by_loop.setdefault(loop, []).append((future, ok, value))
+            by_loop.setdefault(loop, []).append((future, ok, value, on_error))
         # Failed first (and the failed ops listed): a reader of `posts_done` then never
         # sees a failure as a commit.
         self.posts_failed += failed
@@ -293,8 +300,18 @@ def _run(conn: sqlite3.Connection, ops: list[Op]) -> list[Any]:
     return results
 
 
-def _resolve(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
-    for future, ok, value in items:
+Resolution = tuple["asyncio.Future[Any]", bool, Any, "OnError | None"]
+
+
+def _resolve(items: list[Resolution]) -> None:
+    """On the event loop: tell each caller how its operation went. A failure reaches
+    `on_error` even when nobody awaits the future any more (it was cancelled)."""
+    for future, ok, value, on_error in items:
+        if not ok and on_error is not None:
+            try:
+                on_error(value)
+            except Exception:
+                log.exception("on_error of a failed write raised")
         if future.done():
             continue
         if ok:
