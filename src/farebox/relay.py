@@ -266,14 +266,10 @@ class Relay:
     async def complete(self, req: ChatRequest) -> dict[str, Any]:
         self.admit(req)
         async def attempt(call: Call) -> tuple[Reply, str | None]:
+            # The dialect hands `call.budget_s` to the upstream client, whose connection timer
+            # bounds the whole answer (at most upstream_timeout_s) and raises UpstreamTimeout.
             assert call.budget_s is not None
-            try:
-                # A whole answer is its first byte: the attempt budget bounds all of it.
-                async with asyncio.timeout(min(call.budget_s, self.settings.upstream_timeout_s)):
-                    reply = await self.dialects[call.endpoint.provider.dialect].complete(call)
-            except TimeoutError:
-                raise UpstreamTimeout(f"{call.endpoint.provider.name} did not answer in time",
-                                      provider_name=call.endpoint.provider.name) from None
+            reply = await self.dialects[call.endpoint.provider.dialect].complete(call)
             return reply, reply.upstream_id
 
         served = await self._attempts(req, attempt)

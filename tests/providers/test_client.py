@@ -193,6 +193,37 @@ async def test_headers_cannot_smuggle_lines() -> None:
 
 
 @run
+async def test_a_callers_timeout_bounds_a_body_that_keeps_trickling() -> None:
+    # Never silent for the idle timeout: only the caller's own timeout can end it.
+    parts = [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", *[b"1\r\na\r\n", 0.05] * 100]
+    async with RawServer(lambda n: parts) as url:
+        c = client(idle_timeout_s=2, total_timeout_s=30)
+        response = await c.post("p", url, b"", {}, timeout_s=0.3)
+        with pytest.raises(TimeoutError):   # without the bound, the whole body arrives in 5 s
+            await response.read()
+        await c.close()
+
+
+@run
+async def test_a_callers_timeout_bounds_its_wait_for_a_connection() -> None:
+    server = RawServer(lambda n: [3.0, *ok(b"slow")] if n == 1 else ok(b"%d" % n))
+    async with server as url:
+        c = client(connections_max=1)
+        first = asyncio.create_task(c.post("p", url, b"", {}))
+        await asyncio.sleep(0.1)              # the only connection is busy for 3 s
+        with pytest.raises(TimeoutError):
+            await c.post("p", url, b"", {}, timeout_s=0.2)
+        response = await first                # the slot is not lost to the caller that gave up
+        assert await response.read() == b"slow"
+        response.release()
+        response = await c.post("p", url, b"", {}, timeout_s=5)
+        assert await response.read() == b"2"
+        response.release()
+        await c.close()
+    assert server.connections == 1
+
+
+@run
 async def test_the_connection_limit_queues_callers() -> None:
     server = RawServer(lambda n: [0.05, *ok(b"%d" % n)])
     async with server as url:

@@ -328,7 +328,8 @@ class AnthropicDialect:
     async def complete(self, call: Call) -> Reply:
         provider = call.endpoint.provider
         url, body, headers = self.request(call, stream=False)
-        response = await self.upstreams.post(provider, url, body, headers, read_fault)
+        # A whole answer is its first byte: the attempt's budget bounds all of it.
+        response = await self.upstreams.post(provider, url, body, headers, read_fault, call.budget_s)
         data = await read_json(provider, response)
         try:
             reply, usage, upstream_id = from_anthropic(data, int(self.clock.now()))

@@ -310,13 +310,19 @@ class Pool:
         self.open = 0                   # connections made and not yet lost (busy or idle)
         self.waiters: deque[asyncio.Future[Connection | None]] = deque()
 
-    async def acquire(self) -> Connection:
-        now = self.loop.time()
+    def take_idle(self, now: float) -> Connection | None:
+        """The newest idle connection still fresh enough to reuse, if any."""
         while self.idle:
             conn, _ = self.idle.popitem()
             if not conn.closed and conn.idle_for(now) < self.keepalive_s:
                 return conn
             conn.close()  # too old: the server may be about to close it under us
+        return None
+
+    async def acquire(self) -> Connection:
+        conn = self.take_idle(self.loop.time())
+        if conn is not None:
+            return conn
         if self.limit and self.open >= self.limit:
             waiter: asyncio.Future[Connection | None] = self.loop.create_future()
             self.waiters.append(waiter)
@@ -396,12 +402,21 @@ class Client:
                 tls=self._tls if target.tls else None)
         return pool
 
-    async def post(self, scope: str, url: str, body: bytes, headers: dict[str, str]) -> Response:
+    async def post(self, scope: str, url: str, body: bytes, headers: dict[str, str],
+                   timeout_s: float | None = None) -> Response:
+        """`timeout_s` (at most `total_timeout_s`) bounds everything from here to the end of
+        the body: waiting for a connection, the headers, the body. The connection's own timer
+        enforces it once a connection is in hand, so a caller needs no `asyncio.timeout` of its
+        own (which cost 5 µs a request)."""
         target = target_of(url)
         head = request_head(target, headers, len(body))
         pool = self._pool(scope, target)
-        deadline = pool.loop.time() + self.total_timeout_s
-        conn = await pool.acquire()
+        now = pool.loop.time()
+        deadline = now + (self.total_timeout_s if timeout_s is None else min(timeout_s, self.total_timeout_s))
+        conn = pool.take_idle(now)
+        if conn is None:   # wait for a free slot, or connect: no timer of a connection runs yet
+            async with asyncio.timeout_at(deadline):
+                conn = await pool.acquire()
         response = conn.send(head, body, deadline)
         try:
             await response._headers_ready

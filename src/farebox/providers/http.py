@@ -36,11 +36,12 @@ class Upstreams:
         await self.client.close()
 
     async def post(self, provider: Provider, url: str, body: bytes, headers: dict[str, str],
-                   read_fault: ReadFault) -> Response:
+                   read_fault: ReadFault, timeout_s: float | None = None) -> Response:
         """POST and return the response once its status line and headers arrived.
-        Raises ProviderError/UpstreamTimeout for transport failures and error statuses."""
+        Raises ProviderError/UpstreamTimeout for transport failures and error statuses.
+        `timeout_s` bounds the whole exchange, body included (Client.post)."""
         try:
-            response = await self.client.post(provider.slug, url, body, headers)
+            response = await self.client.post(provider.slug, url, body, headers, timeout_s)
         except TimeoutError:
             raise UpstreamTimeout(f"{provider.name} did not answer in time", provider_name=provider.name) from None
         except _TRANSPORT as e:
