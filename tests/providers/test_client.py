@@ -205,6 +205,26 @@ async def test_a_callers_timeout_bounds_a_body_that_keeps_trickling() -> None:
 
 
 @run
+async def test_a_reused_connection_still_keeps_a_shorter_timeout_than_its_last_request() -> None:
+    # The first request leaves its connection's timer set for its idle timeout (5 s); the
+    # second, on the same connection, must get its own 0.3 s bound, not that later one. Its
+    # body takes 2 s, so a timer that fired only at 5 s would let it finish.
+    trickle = [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", *[b"1\r\na\r\n", 0.05] * 40,
+               b"0\r\n\r\n"]
+    server = RawServer(lambda n: ok(b"quick") if n == 1 else trickle)
+    async with server as url:
+        c = client(idle_timeout_s=5, total_timeout_s=30)
+        response = await c.post("p", url, b"", {})
+        assert await response.read() == b"quick"
+        response.release()
+        response = await c.post("p", url, b"", {}, timeout_s=0.3)
+        with pytest.raises(TimeoutError):
+            await response.read()
+        await c.close()
+    assert server.connections == 1
+
+
+@run
 async def test_a_callers_timeout_bounds_its_wait_for_a_connection() -> None:
     server = RawServer(lambda n: [3.0, *ok(b"slow")] if n == 1 else ok(b"%d" % n))
     async with server as url:
