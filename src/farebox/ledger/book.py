@@ -49,7 +49,7 @@ class Hold:
     settled: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # a value, never changed: see docs/performance.md on frozen
 class Settlement:
     entries: list[Entry]
     charged: int   # what the wallet paid

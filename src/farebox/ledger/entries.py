@@ -45,7 +45,7 @@ def is_floored(account: str) -> bool:
     return not account.startswith("system:")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # a value, never changed: see docs/performance.md on frozen
 class Entry:
     kind: str            # grant | charge | overrun
     from_account: str

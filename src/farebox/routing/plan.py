@@ -30,7 +30,7 @@ from farebox.routing.preferences import DEFAULT, Percentile, Preferences, matche
 from farebox.routing.variants import resolve
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # a value, never changed: see docs/performance.md on frozen
 class Need:
     """What a request asks of an endpoint."""
 
