@@ -219,6 +219,21 @@ def test_upstream_timeout_is_504(make_gateway, stream):
     assert gw.balance("slow") == 1
 
 
+def test_the_first_byte_bound_ends_with_the_first_token(make_gateway):
+    """upstream_first_byte_timeout_s bounds the wait for the first token only: a stream
+    whose tokens keep coming for longer than it runs to its end and is billed."""
+    gw = make_gateway(upstream_first_byte_timeout_s=1, upstream_idle_timeout_s=5, upstream_timeout_s=30,
+                      hold_timeout_s=60)
+    gw.org("long", "1.00")
+    key, _ = gw.key("long")
+    chunks = list(client(gw, key).chat.completions.create(
+        model="sim/small", messages=MSG, stream=True,
+        extra_body={"sim": {"output_tokens": 6, "tokens_per_s": 2.5}}))   # about 2.4 s of tokens
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 6
+    assert not any(getattr(c, "error", None) for c in chunks)
+    assert gw.balance("long") == Decimal("1.00") - Decimal(str(chunks[-1].usage.cost))
+
+
 def test_failure_after_keepalives_started_arrives_as_an_error_chunk(make_gateway):
     """Once keep-alive comments went out the status line is sent, so a failure before
     the first token is the stream's last event, with the error's own code."""

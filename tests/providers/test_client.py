@@ -224,6 +224,27 @@ async def test_a_reused_connection_still_keeps_a_shorter_timeout_than_its_last_r
     assert server.connections == 1
 
 
+@pytest.mark.parametrize("started", [True, False])
+@run
+async def test_a_first_byte_bound_holds_until_the_caller_says_started(started: bool) -> None:
+    # A first line at once, then a body that trickles for 1.5 s (never silent for the idle
+    # timeout): past the 0.3 s first-byte bound only if `started` lifted it.
+    parts = [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", b"6\r\nfirst\n\r\n",
+             *[b"1\r\na\r\n", 0.05] * 30, b"0\r\n\r\n"]
+    async with RawServer(lambda n: parts) as url:
+        c = client(idle_timeout_s=2, total_timeout_s=30)
+        response = await c.post("p", url, b"", {}, first_byte_s=0.3)
+        assert await response.readline() == b"first\n"
+        if started:
+            response.started()
+            assert await response.read() == b"a" * 30
+            response.release()
+        else:
+            with pytest.raises(TimeoutError):
+                await response.read()
+        await c.close()
+
+
 @run
 async def test_a_callers_timeout_bounds_its_wait_for_a_connection() -> None:
     server = RawServer(lambda n: [3.0, *ok(b"slow")] if n == 1 else ok(b"%d" % n))

@@ -340,7 +340,7 @@ class AnthropicDialect:
     async def open_stream(self, call: Call) -> AnthropicStream:
         provider = call.endpoint.provider
         url, body, headers = self.request(call, stream=True)
-        response = await self.upstreams.post(provider, url, body, headers, read_fault)
+        response = await self.upstreams.post(provider, url, body, headers, read_fault, None, call.first_byte_s)
         return AnthropicStream(provider, response, StreamTranslator(provider.name, int(self.clock.now())))
 
 

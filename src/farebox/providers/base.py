@@ -47,6 +47,7 @@ class Call:
     user_tag: str | None       # stable, hashed end-user id for the provider's abuse checks
     api: str = "chat"          # one of APIS
     budget_s: float | None = None  # seconds this attempt may wait for its first byte (the request's budget left)
+    first_byte_s: float | None = None  # a stream's bound until its first token (UpstreamStream.started)
 
 
 @dataclass(slots=True)
@@ -65,6 +66,10 @@ class UpstreamStream(Protocol):
     async def next(self) -> dict[str, Any] | None:
         """The next chunk, or None at the end of the stream. Raises ProviderError or
         UpstreamTimeout when the upstream fails."""
+        ...
+
+    def started(self) -> None:
+        """The first token arrived: the attempt's first-byte bound no longer applies."""
         ...
 
     def close(self) -> None:

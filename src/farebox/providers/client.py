@@ -81,7 +81,7 @@ class Connection(asyncio.Protocol):
     feeds it; at most one response is in flight."""
 
     __slots__ = ("_idle_since", "_keep_alive", "_parser", "_response", "_timer", "_timer_at", "closed", "deadline",
-                 "last_read", "loop", "paused", "pool", "transport")
+                 "full_deadline", "last_read", "loop", "paused", "pool", "transport")
 
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
@@ -93,6 +93,7 @@ class Connection(asyncio.Protocol):
         self.closed = False
         self.paused = False
         self.deadline = 0.0           # loop time after which the whole attempt has taken too long
+        self.full_deadline = 0.0      # `deadline` once the caller lifts a first-byte bound (Response.started)
         self.last_read = 0.0          # loop time data last arrived (or the request went out)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0          # loop time `_timer` fires
@@ -204,10 +205,11 @@ class Connection(asyncio.Protocol):
         response._wake()
 
     # -- the pool's side -------------------------------------------------------------------
-    def send(self, head: bytes, body: bytes, deadline: float) -> Response:
-        assert self._response is None and self.transport is not None
+    def send(self, head: bytes, body: bytes, deadline: float, full_deadline: float) -> Response:
+        assert self._response is None and self.transport is not None and deadline <= full_deadline
         response = self._response = Response(self)
         self.deadline = deadline
+        self.full_deadline = full_deadline
         self.last_read = self.loop.time()
         if len(body) < 65536:
             self.transport.write(head + body)
@@ -412,21 +414,23 @@ class Client:
         return pool
 
     async def post(self, scope: str, url: str, body: bytes, headers: dict[str, str],
-                   timeout_s: float | None = None) -> Response:
+                   timeout_s: float | None = None, first_byte_s: float | None = None) -> Response:
         """`timeout_s` (at most `total_timeout_s`) bounds everything from here to the end of
-        the body: waiting for a connection, the headers, the body. The connection's own timer
-        enforces it once a connection is in hand, so a caller needs no `asyncio.timeout` of its
-        own (which cost 5 µs a request)."""
+        the body: waiting for a connection, the headers, the body. `first_byte_s` bounds it
+        more tightly until the caller calls the response's `started` (a stream's first token).
+        The connection's own timer enforces both once a connection is in hand, so a caller
+        needs no `asyncio.timeout` of its own (which cost 5 µs a request)."""
         target = target_of(url)
         head = request_head(target, headers, len(body))
         pool = self._pool(scope, target)
         now = pool.loop.time()
-        deadline = now + (self.total_timeout_s if timeout_s is None else min(timeout_s, self.total_timeout_s))
+        full = now + (self.total_timeout_s if timeout_s is None else min(timeout_s, self.total_timeout_s))
+        deadline = full if first_byte_s is None else min(full, now + first_byte_s)
         conn = pool.take_idle(now)
         if conn is None:   # wait for a free slot, or connect: no timer of a connection runs yet
             async with asyncio.timeout_at(deadline):
                 conn = await pool.acquire()
-        response = conn.send(head, body, deadline)
+        response = conn.send(head, body, deadline, full)
         try:
             await response._headers_ready
         except BaseException:

@@ -312,7 +312,7 @@ class GeminiDialect:
     async def open_stream(self, call: Call) -> GeminiStream:
         provider = call.endpoint.provider
         url, body, headers = self.request(call, stream=True)
-        response = await self.upstreams.post(provider, url, body, headers, read_fault)
+        response = await self.upstreams.post(provider, url, body, headers, read_fault, None, call.first_byte_s)
         return GeminiStream(provider, response, StreamTranslator(call.endpoint.upstream_model, int(self.clock.now())))
 
 

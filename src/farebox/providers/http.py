@@ -36,12 +36,14 @@ class Upstreams:
         await self.client.close()
 
     async def post(self, provider: Provider, url: str, body: bytes, headers: dict[str, str],
-                   read_fault: ReadFault, timeout_s: float | None = None) -> Response:
+                   read_fault: ReadFault, timeout_s: float | None = None,
+                   first_byte_s: float | None = None) -> Response:
         """POST and return the response once its status line and headers arrived.
         Raises ProviderError/UpstreamTimeout for transport failures and error statuses.
-        `timeout_s` bounds the whole exchange, body included (Client.post)."""
+        `timeout_s` bounds the whole exchange, body included, and `first_byte_s` it until
+        the response's `started` (Client.post)."""
         try:
-            response = await self.client.post(provider.slug, url, body, headers, timeout_s)
+            response = await self.client.post(provider.slug, url, body, headers, timeout_s, first_byte_s)
         except TimeoutError:
             raise UpstreamTimeout(f"{provider.name} did not answer in time", provider_name=provider.name) from None
         except _TRANSPORT as e:
@@ -131,6 +133,9 @@ class TranslatedStream:
     @property
     def usage(self) -> Any:
         return self.translator.usage
+
+    def started(self) -> None:
+        self.response.started()
 
     def _finished(self) -> None:
         """The upstream ended the stream properly: give the connection back to the pool."""

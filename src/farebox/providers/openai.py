@@ -81,7 +81,7 @@ class OpenAIDialect:
     async def open_stream(self, call: Call) -> OpenAIStream:
         provider = call.endpoint.provider
         url, body, headers = self.request(call, stream=True)
-        response = await self.upstreams.post(provider, url, body, headers, read_fault)
+        response = await self.upstreams.post(provider, url, body, headers, read_fault, None, call.first_byte_s)
         return OpenAIStream(provider, response)
 
 
@@ -140,6 +140,9 @@ class OpenAIStream:
                     _reasoning_field(delta)
             return chunk
         return None
+
+    def started(self) -> None:
+        self.response.started()
 
     def close(self) -> None:
         if not self._done:

@@ -122,6 +122,14 @@ class Response:
             self._scan = len(buffer)
             await self._more()
 
+    def started(self) -> None:
+        """The caller has what it waited for first (a stream's first token): from now on
+        only the total bound applies, not `first_byte_s` (Client.post). The connection's
+        timer, if set for the earlier bound, fires, finds time left and re-arms."""
+        conn = self._conn
+        if conn._response is self:
+            conn.deadline = conn.full_deadline
+
     @property
     def closed(self) -> bool:
         """Released or closed: the caller is done with it."""
