@@ -17,7 +17,7 @@ from farebox.choices import choice_text, excludes_reasoning, native_finish, stri
 from farebox.clock import Clock
 from farebox.errors import FareboxError, Forbidden, InsufficientCredits, UpstreamTimeout
 from farebox.generation import generation_record, logged_content, usage_wire
-from farebox.keepalive import ClientGone, first_token
+from farebox.keepalive import ClientGone, Keepalives, first_token
 from farebox.ledger.book import Hold, Settlement, Shortfall
 from farebox.ledger.byok import ByokMeter
 from farebox.ledger.entries import wallet
@@ -97,6 +97,7 @@ class Relay:
         self.admission, self.credentials, self.byok_meter = admission, credentials, byok_meter
         self.logging_discount_bps = percent_bps(settings.logging_discount_percent)
         self.router = Router(catalog, settings, clock, self.routable, rng)
+        self.keepalives = Keepalives(settings.sse_keepalive_s)
 
     # -- planning and holds ----------------------------------------------------------
     def routable(self, endpoint: Endpoint, api: str = "chat", workspace_id: int | None = None) -> str | None:
@@ -313,7 +314,7 @@ class Relay:
         self.admit(req)
 
         async def attempt(call: Call) -> tuple[tuple[UpstreamStream, list[dict[str, Any]], bool], str | None]:
-            opened = await first_token(self._open_first(call), sink, self.settings.sse_keepalive_s)
+            opened = await first_token(self._open_first(call), sink, self.keepalives)
             return opened, opened[0].upstream_id
 
         try:
