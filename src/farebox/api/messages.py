@@ -105,7 +105,9 @@ class MessagesSink(chat.SseSink):
     async def chunk(self, chunk: dict[str, Any]) -> None:
         events = self.encoder.chunk(chunk)
         if events:
-            await self._write(reply.sse(events))
+            data = reply.sse(events)
+            if not self._write_now(data):
+                await self._write(data)
 
     async def finish(self, chunk: dict[str, Any]) -> None:
         await self._write(reply.sse(self.encoder.finish(chunk)), more=False)
