@@ -223,40 +223,6 @@ def test_streamed_responses_are_chunked_and_a_slow_reader_holds_the_app_back() -
         assert len(body) == total * len(piece)
 
 
-def test_send_more_writes_a_started_stream_in_order_and_refuses_while_the_client_lags() -> None:
-    """The "farebox.send_more" extension: a started response's next part without a
-    coroutine. It refuses before the head is out and while the client is not reading, so
-    the app awaits `send` then, and the parts still arrive whole and in order."""
-    outcomes: list[bool] = []
-    total = 400
-
-    async def streamer(scope: dict[str, Any], receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await echo(scope, receive, send)
-            return
-        send_more = scope["extensions"]["farebox.send_more"]
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        outcomes.append(send_more(b"never"))            # the head is not out yet
-        await send({"type": "http.response.body", "body": b"%06d" % 0 + b"z" * 65530, "more_body": True})
-        for i in range(1, total):
-            part = b"%06d" % i + b"z" * 65530
-            written = send_more(part)
-            outcomes.append(written)
-            if not written:
-                await send({"type": "http.response.body", "body": part, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    with serving(streamer) as server, connect(server) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-        sock.sendall(b"GET /s HTTP/1.1\r\nHost: t\r\n\r\n")
-        time.sleep(0.5)                                  # let the server's buffers fill
-        status, headers, body = read_response(sock, bytearray())
-    assert status == 200 and headers["transfer-encoding"] == "chunked"
-    assert outcomes[0] is False
-    assert True in outcomes[1:] and False in outcomes[1:], "send_more never wrote, or never refused a lagging client"
-    assert [body[i:i + 6] for i in range(0, len(body), 65536)] == [b"%06d" % i for i in range(total)]
-
-
 def test_the_app_hears_the_client_leave() -> None:
     heard = threading.Event()
 

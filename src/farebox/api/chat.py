@@ -66,12 +66,9 @@ async def stream_to_client(gw: Gateway, req: Request, chat: ChatRequest, sink: S
     event propagate (a plain JSON error with its status); later ones end the stream
     through `sink.fail`."""
     sink = sink or SseSink(req.send, chat.gen_id)
-    # Our server calls back when the client leaves, and takes a started stream's events
-    # without a coroutine each; under another ASGI server a task waits on `receive` for the
-    # disconnect, and every event goes through `send`.
-    extensions = req.scope.get("extensions", {})
-    sink.send_more = extensions.get("farebox.send_more")
-    on_disconnect = extensions.get("farebox.on_disconnect")
+    # Our server calls back when the client leaves; under another ASGI server a task waits
+    # on `receive` for the disconnect.
+    on_disconnect = req.scope.get("extensions", {}).get("farebox.on_disconnect")
     watcher = None
     if on_disconnect is not None:
         on_disconnect(sink.left)
@@ -117,11 +114,10 @@ class SseSink:
     with the first event, so an error before any event is still a plain JSON error with
     its own status. `headers` are added to the response's (another API's request id)."""
 
-    __slots__ = ("_on_disconnect", "disconnected", "ended", "gen_id", "headers", "send", "send_more", "started")
+    __slots__ = ("_on_disconnect", "disconnected", "ended", "gen_id", "headers", "send", "started")
 
     def __init__(self, send: Callable[..., Any], gen_id: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
         self.send = send
-        self.send_more: Callable[[bytes], bool] | None = None   # the server's fast path, if it has one
         self.gen_id = gen_id
         self.headers = headers or []
         self.started = self.ended = self.disconnected = False
@@ -153,16 +149,8 @@ class SseSink:
     async def keepalive(self) -> None:
         await self._write(KEEPALIVE)
 
-    def _write_now(self, data: bytes) -> bool:
-        """Write a started stream's next event at once if the server can take it so (its
-        `send_more`): two coroutines and a message less an event. False: await `_write`."""
-        send_more = self.send_more
-        return self.started and send_more is not None and send_more(data)
-
     async def chunk(self, chunk: dict[str, Any]) -> None:
-        data = b"data: " + orjson.dumps(chunk) + b"\n\n"
-        if not self._write_now(data):
-            await self._write(data)
+        await self._write(b"data: " + orjson.dumps(chunk) + b"\n\n")
 
     async def finish(self, chunk: dict[str, Any]) -> None:
         await self._write(b"data: " + orjson.dumps(chunk) + b"\n\n" + DONE, more=False)

@@ -166,19 +166,6 @@ class Cycle:
         elif conn.writing_paused:
             await conn.drained()
 
-    def send_more(self, body: bytes) -> bool:
-        """`send` of a body part with more to come, without a coroutine or a message, for a
-        response whose head is out: the SSE sinks write every event after the first through
-        here (the application finds it as the scope's extension "farebox.send_more"). False
-        when the caller must await `send` instead: nothing written yet, the response over, or
-        the client not reading (`send` then waits for it to drain)."""
-        if not self.head_written or self.response_done or self.conn.writing_paused:
-            return False
-        if self.disconnected or self.head_only or not body:
-            return True   # as `send` would: nothing to write
-        self.conn.write_soon(b"%x\r\n%s\r\n" % (len(body), body) if self.chunked else body)
-        return True
-
     def _head(self, body: bytes, more: bool) -> bytes:
         """The status line and headers, with Content-Length when the whole body is known
         now, else chunked framing."""

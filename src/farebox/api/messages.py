@@ -105,9 +105,7 @@ class MessagesSink(chat.SseSink):
     async def chunk(self, chunk: dict[str, Any]) -> None:
         events = self.encoder.chunk(chunk)
         if events:
-            data = reply.sse(events)
-            if not self._write_now(data):
-                await self._write(data)
+            await self._write(reply.sse(events))
 
     async def finish(self, chunk: dict[str, Any]) -> None:
         await self._write(reply.sse(self.encoder.finish(chunk)), more=False)

@@ -155,7 +155,7 @@ class HttpProtocol(asyncio.Protocol):
                  "scheme": "http", "path": path, "raw_path": raw_path, "query_string": query, "root_path": "",
                  "headers": self.headers, "client": self.client, "server": self.local, "state": {}}
         cycle = Cycle(self, scope, parser.should_keep_alive(), expect)
-        scope["extensions"] = {"farebox.on_disconnect": cycle.on_disconnect, "farebox.send_more": cycle.send_more}
+        scope["extensions"] = {"farebox.on_disconnect": cycle.on_disconnect}
         self.parsing = cycle
         if self.cycle is None:
             self._run(cycle)
