@@ -109,7 +109,7 @@ class Settings:
     invoice_tax_label: str = _s("VAT", "Name of the tax line on invoices.")
     invoice_notes: str = _s("", "Free text printed at the foot of every invoice.")
     logging_discount_percent: str = _s("1", "Discount on usage, percent, for organizations that opt in to prompt logging (a line item of each charge).")
-    sse_keepalive_s: float = _s(1.0, "Seconds between `: OPENROUTER PROCESSING` comments while a stream waits for its first token.", minimum=0.01)
+    sse_keepalive_s: float = _s(1.0, "Seconds between `: OPENROUTER PROCESSING` comments while a stream waits for its first token (one may come up to an eighth of this early: one timer serves every waiting stream).", minimum=0.01)
     catalog_path: str = _s("", "Extra catalog TOML file whose providers and models add to or replace the built-in ones.")
     catalog_builtin: bool = _s(True, "Load the catalog that ships with Farebox (real providers and list prices).")
     log_level: str = _s("info", "Log level of the server.", choices=("debug", "info", "warning", "error"))

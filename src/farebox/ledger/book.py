@@ -49,7 +49,7 @@ class Hold:
     settled: bool = False
 
 
-@dataclass(slots=True)  # a value, never changed: see docs/performance.md on frozen
+@dataclass(slots=True)  # a value, never changed; not frozen: docs/architecture.md
 class Settlement:
     entries: list[Entry]
     charged: int   # what the wallet paid

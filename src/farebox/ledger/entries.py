@@ -45,7 +45,7 @@ def is_floored(account: str) -> bool:
     return not account.startswith("system:")
 
 
-@dataclass(slots=True)  # a value, never changed: see docs/performance.md on frozen
+@dataclass(slots=True)  # a value, never changed; not frozen: docs/architecture.md
 class Entry:
     kind: str            # grant | charge | overrun
     from_account: str

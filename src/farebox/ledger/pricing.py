@@ -14,7 +14,7 @@ from farebox.catalog.model import Pricing
 from farebox.money import round_up_to_nanos
 
 
-@dataclass(slots=True)  # a value, never changed: see docs/performance.md on frozen
+@dataclass(slots=True)  # a value, never changed; not frozen: docs/architecture.md
 class PromptSize:
     """Measured once per request from its messages."""
 
@@ -116,7 +116,7 @@ class Usage:
     estimated: bool = False
 
 
-@dataclass(slots=True)  # a value, never changed: see docs/performance.md on frozen
+@dataclass(slots=True)  # a value, never changed; not frozen: docs/architecture.md
 class Cost:
     """A charge's line items in atto-dollars and its total in nano-dollars."""
 

@@ -30,7 +30,7 @@ from farebox.routing.preferences import DEFAULT, Percentile, Preferences, matche
 from farebox.routing.variants import resolve
 
 
-@dataclass(slots=True)  # a value, never changed: see docs/performance.md on frozen
+@dataclass(slots=True)  # a value, never changed; not frozen: docs/architecture.md
 class Need:
     """What a request asks of an endpoint."""
 

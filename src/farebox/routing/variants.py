@@ -22,7 +22,7 @@ SORT_SUFFIXES = {"floor": "price", "nitro": "throughput"}
 FREE_SUFFIX = "free"
 
 
-@dataclass(slots=True)  # a value, never changed: see docs/performance.md on frozen
+@dataclass(slots=True)  # a value, never changed; not frozen: docs/architecture.md
 class Resolved:
     model: Model            # the catalog model whose endpoints are candidates
     requested: str          # the id as the client sent it
