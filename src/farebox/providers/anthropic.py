@@ -329,7 +329,7 @@ class AnthropicDialect:
         provider = call.endpoint.provider
         url, body, headers = self.request(call, stream=False)
         # A whole answer is its first byte: the attempt's budget bounds all of it.
-        response = await self.upstreams.post(provider, url, body, headers, read_fault, call.budget_s)
+        response = await self.upstreams.post(provider, url, body, headers, read_fault, timeout_s=call.budget_s)
         data = await read_json(provider, response)
         try:
             reply, usage, upstream_id = from_anthropic(data, int(self.clock.now()))
@@ -340,7 +340,7 @@ class AnthropicDialect:
     async def open_stream(self, call: Call) -> AnthropicStream:
         provider = call.endpoint.provider
         url, body, headers = self.request(call, stream=True)
-        response = await self.upstreams.post(provider, url, body, headers, read_fault, None, call.first_byte_s)
+        response = await self.upstreams.post(provider, url, body, headers, read_fault, first_byte_s=call.first_byte_s)
         return AnthropicStream(provider, response, StreamTranslator(provider.name, int(self.clock.now())))
 
 

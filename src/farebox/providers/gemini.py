@@ -300,7 +300,7 @@ class GeminiDialect:
         provider = call.endpoint.provider
         url, body, headers = self.request(call, stream=False)
         # A whole answer is its first byte: the attempt's budget bounds all of it.
-        response = await self.upstreams.post(provider, url, body, headers, read_fault, call.budget_s)
+        response = await self.upstreams.post(provider, url, body, headers, read_fault, timeout_s=call.budget_s)
         data = await read_json(provider, response)
         try:
             reply, usage, upstream_id = from_gemini(data, call.endpoint.upstream_model)
@@ -312,7 +312,7 @@ class GeminiDialect:
     async def open_stream(self, call: Call) -> GeminiStream:
         provider = call.endpoint.provider
         url, body, headers = self.request(call, stream=True)
-        response = await self.upstreams.post(provider, url, body, headers, read_fault, None, call.first_byte_s)
+        response = await self.upstreams.post(provider, url, body, headers, read_fault, first_byte_s=call.first_byte_s)
         return GeminiStream(provider, response, StreamTranslator(call.endpoint.upstream_model, int(self.clock.now())))
 
 

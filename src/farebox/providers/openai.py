@@ -67,7 +67,7 @@ class OpenAIDialect:
         provider = call.endpoint.provider
         url, body, headers = self.request(call, stream=False)
         # A whole answer is its first byte: the attempt's budget bounds all of it.
-        response = await self.upstreams.post(provider, url, body, headers, read_fault, call.budget_s)
+        response = await self.upstreams.post(provider, url, body, headers, read_fault, timeout_s=call.budget_s)
         data = await read_json(provider, response)
         if not _valid_reply(call.api, data):
             raise invalid_response(provider, orjson.dumps(data))
@@ -81,7 +81,7 @@ class OpenAIDialect:
     async def open_stream(self, call: Call) -> OpenAIStream:
         provider = call.endpoint.provider
         url, body, headers = self.request(call, stream=True)
-        response = await self.upstreams.post(provider, url, body, headers, read_fault, None, call.first_byte_s)
+        response = await self.upstreams.post(provider, url, body, headers, read_fault, first_byte_s=call.first_byte_s)
         return OpenAIStream(provider, response)
 
 
