@@ -92,6 +92,15 @@ async def settled(writer: GroupWriter) -> None:
         await asyncio.sleep(0.005)
 
 
+async def journal_while_locked(db: Path, writer: GroupWriter, journal: Journal, *numbers: int) -> None:
+    """Journal these settlements while another connection holds the database: each one's post
+    fails (the first failure waits 1 s before it is posted again)."""
+    with locked(db):
+        for n in numbers:
+            journal.record(settlement(n))
+            await settled(writer)
+
+
 def crashed_with(db: Path, settlements: list[ops.SettleOp]) -> None:
     """Journal the settlements as a running gateway does, but with the writer thread never
     started: the process 'dies' with all of them answered and none committed."""
@@ -343,11 +352,7 @@ def test_failed_charges_due_again_after_the_writer_stopped_are_kept(db: Path) ->
 
     async def main() -> None:
         writer.start()
-        with locked(db):
-            journal.record(settlement(1))
-            await settled(writer)
-            journal.record(settlement(2))                 # a first failure: waits 1 s
-            await settled(writer)
+        await journal_while_locked(db, writer, journal, 1, 2)
         assert writer.posts_failed == 2
 
     asyncio.run(main())
