@@ -92,6 +92,15 @@ async def settled(writer: GroupWriter) -> None:
         await asyncio.sleep(0.005)
 
 
+def retrying(db: Path) -> tuple[Store, GroupWriter, Path, FakeClock, Journal]:
+    """An impatient writer and a journal on a clock the test moves, which empties its file
+    whenever it may (`reset_bytes=1`): for the tests of failed posts and their retries."""
+    store, writer = impatient(db)
+    path = journal_path(db)
+    clock = FakeClock()
+    return store, writer, path, clock, Journal(path, writer, clock, reset_bytes=1)
+
+
 async def journal_while_locked(db: Path, writer: GroupWriter, journal: Journal, *numbers: int) -> None:
     """Journal these settlements while another connection holds the database: each one's post
     fails (the first failure waits 1 s before it is posted again)."""
@@ -284,10 +293,7 @@ def test_a_record_written_after_the_writer_stopped_is_kept(db: Path) -> None:
 
 
 def test_a_failed_post_is_posted_again_after_a_growing_wait_until_it_commits(db: Path) -> None:
-    store, writer = impatient(db)
-    path = journal_path(db)
-    clock = FakeClock()
-    journal = Journal(path, writer, clock, reset_bytes=1)
+    store, writer, path, clock, journal = retrying(db)
 
     async def main() -> None:
         writer.start()
@@ -345,10 +351,7 @@ def test_reads_go_on_while_the_writer_cannot_commit(db: Path) -> None:
 
 
 def test_failed_charges_due_again_after_the_writer_stopped_are_kept(db: Path) -> None:
-    store, writer = impatient(db)
-    path = journal_path(db)
-    clock = FakeClock()
-    journal = Journal(path, writer, clock, reset_bytes=1)
+    store, writer, path, clock, journal = retrying(db)
 
     async def main() -> None:
         writer.start()
