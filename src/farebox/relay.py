@@ -53,6 +53,7 @@ class Sink(Protocol):
     def on_disconnect(self, callback: Any) -> None: ...
     async def keepalive(self) -> None: ...
     async def chunk(self, chunk: dict[str, Any]) -> None: ...
+    async def flush(self) -> None: ...
     async def finish(self, chunk: dict[str, Any]) -> None: ...
     async def fail(self, chunk: dict[str, Any]) -> None: ...
 
@@ -379,6 +380,7 @@ class Relay:
         exclude = excludes_reasoning(req.body)
         pending = iter(held)
         chunk = next(pending, None)
+        flushed = False
         try:
             while chunk is not None:
                 if sink.disconnected:
@@ -409,6 +411,11 @@ class Relay:
                         await sink.chunk(chunk)
                 chunk = next(pending, None)
                 if chunk is None and not ended:
+                    if not flushed:
+                        # The first token leaves now; whatever came with it in the same read
+                        # can share the next send.
+                        flushed = True
+                        await sink.flush()
                     chunk = await upstream.next()
         except FareboxError as e:
             if not sink.disconnected:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from farebox.api.cycle import FLUSH
 from farebox.api.server import HEADER_BYTES_MAX, Server
 
 Receive = Callable[[], Any]
@@ -221,6 +222,48 @@ def test_streamed_responses_are_chunked_and_a_slow_reader_holds_the_app_back() -
         status, headers, body = read_response(sock, bytearray())
         assert status == 200 and headers["transfer-encoding"] == "chunked"
         assert len(body) == total * len(piece)
+
+
+def test_parts_of_a_stream_wait_for_the_end_of_the_pass_unless_one_asks_to_flush() -> None:
+    """A streamed part is corked until the app yields to the loop, so parts sent together
+    leave in one send; a part carrying `farebox.flush` leaves at once, with the corked parts
+    before it, though the app has not yielded (the relay's first token). The app looks at
+    the client's socket from inside the loop: corked bytes cannot have reached it, flushed
+    bytes are already in the kernel."""
+    seen: dict[str, bytes] = {}
+    client: list[socket.socket] = []
+
+    def arrived(wait_s: float) -> bytes:
+        sock = client[0]
+        sock.settimeout(wait_s)
+        try:
+            return sock.recv(65536, socket.MSG_PEEK)
+        except (TimeoutError, BlockingIOError):
+            return b""
+
+    async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await echo(scope, receive, send)
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"one", "more_body": True})
+        seen["corked"] = arrived(0.2)  # the loop has not run since: nothing can have left
+        await send({"type": "http.response.body", "body": b"two", "more_body": True, FLUSH: True})
+        seen["flushed"] = arrived(10)
+        await send({"type": "http.response.body", "body": b"three", "more_body": False})
+
+    with serving(app) as server, connect(server) as sock:
+        client.append(sock)
+        sock.sendall(b"GET /s HTTP/1.1\r\nHost: t\r\n\r\n")
+        deadline = time.monotonic() + 10
+        while "flushed" not in seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+        sock.settimeout(10)
+        status, _, body = read_response(sock, bytearray())
+    assert seen["corked"] == b""
+    assert seen["flushed"].startswith(b"HTTP/1.1 200 OK\r\n")
+    assert seen["flushed"].endswith(b"\r\n\r\n3\r\none\r\n3\r\ntwo\r\n")
+    assert status == 200 and body == b"onetwothree"
 
 
 def test_the_app_hears_the_client_leave() -> None:

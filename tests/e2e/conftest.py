@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -80,9 +81,9 @@ def make_fake_clock_gateway(sim_url: str, tmp_path: Path) -> Iterator[Callable[.
     one still running when the test ends has its ledger verified."""
     started: list[InProcessGateway] = []
 
-    def make(**settings: object) -> InProcessGateway:
+    def make(wrap: Callable[[Any], Any] | None = None, **settings: object) -> InProcessGateway:
         env = {f"FAREBOX_{k.upper()}": str(v).lower() if isinstance(v, bool) else str(v) for k, v in settings.items()}
-        gw = InProcessGateway(tmp_path / f"inproc{len(started)}", sim_url, env).start()
+        gw = InProcessGateway(tmp_path / f"inproc{len(started)}", sim_url, env, wrap=wrap).start()
         started.append(gw)
         return gw
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from farebox.api.router import Api
 from farebox.api.server import Server
@@ -33,6 +35,9 @@ class InProcessGateway(Gateway):
     restart of `farebox serve` would (the clock goes on where it was)."""
 
     clock: FakeClock = field(default_factory=lambda: FakeClock(START))
+    # ASGI middleware the server runs the gateway's app through: a test's window on what the
+    # application sends (the app itself is unchanged).
+    wrap: Callable[[Api], Any] | None = None
     app: Api | None = None
     _server: Server | None = None
     _thread: threading.Thread | None = None
@@ -51,7 +56,7 @@ class InProcessGateway(Gateway):
         # or a database in use fails the test at once, in the test's own thread.
         self.app = create_app(settings, clock=self.clock)
         # The standard asyncio loop (not uvloop) and no signal handlers: not the main thread.
-        server = Server(self.app, host="127.0.0.1", port=0)
+        server = Server(self.app if self.wrap is None else self.wrap(self.app), host="127.0.0.1", port=0)
         self._server = server
         self._thread = threading.Thread(target=lambda: asyncio.run(server.serve(signals=False)),
                                         name="farebox-inproc", daemon=True)

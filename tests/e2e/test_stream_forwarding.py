@@ -21,6 +21,7 @@ import anthropic
 import openai
 import pytest
 
+from farebox.api.cycle import FLUSH
 from tests.e2e.procs import Gateway, http
 
 TOKENS = ("Once", " upon", " a", " time", ".")
@@ -277,3 +278,75 @@ def test_anthropic_events_are_forwarded_one_at_a_time_as_they_arrive(lockstep):
     assert final.content[0].text == "".join(TOKENS) and final.stop_reason == "end_turn"
     assert (final.usage.input_tokens, final.usage.output_tokens) == (PROMPT_TOKENS, len(TOKENS))
     assert_billed(gw, org, key, final.id, "stop")
+
+
+# -- the first token leaves at once ---------------------------------------------------------
+# Chunks that arrive together leave together, at the end of the loop's pass (one send, not
+# one each). The first token is the exception: the relay flushes it (`farebox.flush`) so it
+# does not wait for the rest of its read to be relayed, nor for the settlement when the
+# stream ends in the same read. Seen here in the ASGI messages the gateway hands its server.
+
+def asgi_spy(path: str, sent: list[dict[str, Any]]) -> Callable[[Any], Any]:
+    def wrap(app: Any) -> Any:
+        async def spied(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            if scope["type"] != "http" or scope["path"] != path:
+                await app(scope, receive, send)
+                return
+
+            async def recording(message: dict[str, Any]) -> None:
+                sent.append(message)
+                await send(message)
+            await app(scope, receive, recording)
+        return spied
+    return wrap
+
+
+def split_at_flush(sent: list[dict[str, Any]]) -> tuple[bytes, bytes]:
+    """The response body written before the one flush, and after it."""
+    bodies = [m for m in sent if m["type"] == "http.response.body"]
+    flushes = [i for i, m in enumerate(bodies) if m.get(FLUSH)]
+    assert len(flushes) == 1, f"expected one flush, got {len(flushes)}"
+    assert bodies[-1]["more_body"] is False
+    return (b"".join(m["body"] for m in bodies[:flushes[0] + 1]),
+            b"".join(m["body"] for m in bodies[flushes[0] + 1:]))
+
+
+def sse_data(raw: bytes) -> list[dict[str, Any]]:
+    return [json.loads(event[len(b"data: "):]) for event in raw.split(b"\n\n")
+            if event.startswith(b"data: ") and event != b"data: [DONE]"]
+
+
+def test_an_openai_stream_flushes_its_first_token_and_nothing_after_it(make_fake_clock_gateway):
+    sent: list[dict[str, Any]] = []
+    gw = make_fake_clock_gateway(wrap=asgi_spy("/api/v1/chat/completions", sent))
+    gw.org("flush", "5.00")
+    key, _ = gw.key("flush")
+    client = openai.OpenAI(base_url=gw.api, api_key=key, max_retries=0, timeout=60)
+    chunks = list(client.chat.completions.create(model="sim/small", messages=MESSAGES, max_tokens=12, stream=True))
+    before, after = split_at_flush(sent)
+    first, rest = sse_data(before), sse_data(after)
+    content = [bool(c["choices"] and c["choices"][0]["delta"].get("content")) for c in first + rest]
+    assert content[:len(first)] == [False] * (len(first) - 1) + [True]  # up to and including the first token
+    assert sum(content[len(first):]) >= 2, "the sim's stream should have more tokens after the first"
+    assert rest[-1]["choices"] == [] and rest[-1]["usage"]["cost"] > 0 and after.endswith(b"data: [DONE]\n\n")
+    # What the SDK read is exactly what was sent, flush or no flush.
+    assert [c.id for c in chunks] == [c["id"] for c in first + rest]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == \
+        "".join(c["choices"][0]["delta"].get("content") or "" for c in first + rest if c["choices"])
+
+
+def test_an_anthropic_stream_flushes_its_first_text_delta(make_fake_clock_gateway):
+    sent: list[dict[str, Any]] = []
+    gw = make_fake_clock_gateway(wrap=asgi_spy("/api/v1/messages", sent))
+    gw.org("flush", "5.00")
+    key, _ = gw.key("flush")
+    client = anthropic.Anthropic(base_url=gw.api.removesuffix("/v1"), api_key=key, max_retries=0, timeout=60)
+    with client.messages.stream(model="sim/small", max_tokens=12, messages=MESSAGES) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    before, after = split_at_flush(sent)
+    kinds = [line.split(b": ", 1)[1] for line in before.split(b"\n") if line.startswith(b"event: ")]
+    assert kinds[0] == b"message_start" and kinds[-1] == b"content_block_delta"
+    assert kinds.count(b"content_block_delta") == 1
+    assert after.count(b"event: content_block_delta") >= 2 and b"event: message_stop" in after
+    assert final.content[0].text == text and final.usage.output_tokens > 0

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from farebox.api.cycle import FLUSH
 from farebox.api.errors import error_body
 from farebox.api.http import JSON_HEADERS, Request, Response
 from farebox.api.inference import json_object, new_request
@@ -136,7 +137,7 @@ class SseSink:
         if not self.ended:
             self.gone()
 
-    async def _write(self, data: bytes, more: bool = True) -> None:
+    async def _write(self, data: bytes, more: bool = True, flush: bool = False) -> None:
         if not self.started:
             self.started = True
             await self.send({"type": "http.response.start", "status": 200, "headers": [
@@ -144,7 +145,14 @@ class SseSink:
                 (b"x-accel-buffering", b"no"), (b"x-generation-id", self.gen_id.encode()), *self.headers]})
         if not more:
             self.ended = True
-        await self.send({"type": "http.response.body", "body": data, "more_body": more})
+        await self.send({"type": "http.response.body", "body": data, "more_body": more, FLUSH: flush})
+
+    async def flush(self) -> None:
+        """Send what has been written now, not at the end of this pass of the loop: the
+        relay calls it once the first token is written, so the client does not wait for the
+        rest of the upstream's read (or the settlement, when the stream ends in it)."""
+        if self.started and not self.ended:
+            await self._write(b"", flush=True)
 
     async def keepalive(self) -> None:
         await self._write(KEEPALIVE)

@@ -24,6 +24,10 @@ REASONS = {200: b"OK", 201: b"Created", 202: b"Accepted", 204: b"No Content", 30
            431: b"Request Header Fields Too Large", 499: b"Client Closed Request", 500: b"Internal Server Error",
            501: b"Not Implemented", 502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout"}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# A body message carrying this key (true) leaves now with the parts still corked, instead of
+# at the end of this pass of the loop (`HttpProtocol.write_soon`). Other ASGI servers ignore
+# the key and write every part at once anyway.
+FLUSH = "farebox.flush"
 
 
 def error_bytes(status: int, message: str) -> bytes:
@@ -154,11 +158,10 @@ class Cycle:
                 out += b"0\r\n\r\n"
         else:
             out += body
-        if out:
-            if more:
-                conn.write_soon(out)
-            else:
-                conn.write(out)
+        if not more or message.get(FLUSH):
+            conn.write(out)  # with whatever earlier parts still wait in the cork
+        elif out:
+            conn.write_soon(out)
         if not more:
             self.response_done = True
             self.wake()  # a `receive` waiting for the client to leave returns now

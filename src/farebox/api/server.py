@@ -240,7 +240,7 @@ class HttpProtocol(asyncio.Protocol):
             self._corked.append(data)
             data = b"".join(self._corked)
             self._corked.clear()
-        if self.transport is not None and not self.closed:
+        if data and self.transport is not None and not self.closed:
             self.transport.write(data)
 
     def write_soon(self, data: bytes) -> None:
