@@ -33,6 +33,7 @@ from farebox.ledger.pricing import (
     max_cost,
 )
 from farebox.limits.admission import Admission
+from farebox.load import CpuLoad
 from farebox.money import percent_bps
 from farebox.providers.base import Call, Dialect, Reply, UpstreamStream, normalize_finish
 from farebox.request import ChatRequest, Outcome
@@ -99,6 +100,7 @@ class Relay:
         self.logging_discount_bps = percent_bps(settings.logging_discount_percent)
         self.router = Router(catalog, settings, clock, self.routable, rng)
         self.keepalives = Keepalives(settings.sse_keepalive_s)
+        self.load = CpuLoad(clock)
 
     # -- planning and holds ----------------------------------------------------------
     def routable(self, endpoint: Endpoint, api: str = "chat", workspace_id: int | None = None) -> str | None:
@@ -412,10 +414,11 @@ class Relay:
                 chunk = next(pending, None)
                 if chunk is None and not ended:
                     if not flushed:
-                        # The first token leaves now; whatever came with it in the same read
-                        # can share the next send.
+                        # The first token leaves now, unless the process is busy (farebox/load.py);
+                        # whatever came with it in the same read shares the next send.
                         flushed = True
-                        await sink.flush()
+                        if not self.load.busy():
+                            await sink.flush()
                     chunk = await upstream.next()
         except FareboxError as e:
             if not sink.disconnected:
