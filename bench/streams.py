@@ -226,6 +226,38 @@ def self_ticks() -> int:
     return round((t.user + t.system) * TICK)
 
 
+def pin(pids: list[int], cpus: set[int]) -> None:
+    """Every thread of each process onto `cpus` (a process's affinity is per thread, and the
+    gateway's writer thread already runs)."""
+    for pid in pids:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                os.sched_setaffinity(int(tid), cpus)
+            except (ProcessLookupError, FileNotFoundError):
+                pass  # a thread that has just ended
+
+
+def pin_for_ttft(servers: list[int], others: list[int]) -> tuple[str, Callable[[], None]]:
+    """The servers under test (the gateway, the floor) on the first CPU this script may use,
+    the client (this process) and the upstream on the rest; returns what was done and how to
+    undo it. Unpinned, this VM's scheduler often wakes the client or the upstream on the CPU
+    the server is still running on, so its first write waits for the server's next sleep
+    (the rest of the upstream's read, the settlement) rather than for the bytes: that
+    measures the scheduler, not what the server adds. Pinning is the usual way to keep a
+    load generator off the server under test; the unpinned figure is kept by --no-pin."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return "not pinned (one CPU)", lambda: None
+    everything = set(cpus)
+    pin(servers, {cpus[0]})
+    pin(others + [os.getpid()], set(cpus[1:]))
+
+    def undo() -> None:
+        pin(servers + others + [os.getpid()], everything)
+    rest = f"{cpus[1]}" if len(cpus) == 2 else f"{cpus[1]}-{cpus[-1]}"
+    return f"servers under test pinned to CPU {cpus[0]}, client and upstream to CPU {rest}", undo
+
+
 def memory_kb(pid: int) -> dict[str, int]:
     """VmRSS, VmHWM (peak resident) and open descriptors of a process, in kB / count."""
     out: dict[str, int] = {}
@@ -531,6 +563,9 @@ def parse_args() -> argparse.Namespace:
                         f"{OTHER_CPU_MAX} cores (default 60, 0 with --smoke)")
     p.add_argument("--no-floor", action="store_true",
                    help="no floor-proxy row in the TTFT table (it needs the paced upstream and Starlette)")
+    p.add_argument("--pin", choices=("both", "yes", "no"), default="both",
+                   help="TTFT with the servers under test on one CPU and the client and upstream on the others "
+                        "(yes), with every process free to run anywhere (no), or each in turn (both, the default)")
     p.add_argument("--out", type=Path, default=BENCH / "out" / "streams.json", help="JSON results file")
     p.add_argument("--keep-temp", action="store_true", help="keep the temporary directory (logs, database)")
     a = p.parse_args()
@@ -594,10 +629,10 @@ def wait_quiet(limit_s: float) -> None:
 
 
 def start_floor(args: argparse.Namespace, procs: Procs, tmp: Path, env: dict[str, str],
-                upstream: str) -> str | None:
+                upstream: str) -> tuple[subprocess.Popen, str] | None:
     """bench/floor_proxy.py (a bare Starlette + aiohttp pass-through) in front of the TTFT
     upstream, as the least any Python proxy adds; only the paced upstream serves the path its
-    streaming route forwards to. None when not wanted or not installed."""
+    streaming route forwards to. Its process and URL; None when not wanted or not installed."""
     if args.no_floor or not args.ttft_requests or args.upstream != "paced":
         return None
     try:
@@ -619,7 +654,7 @@ def start_floor(args: argparse.Namespace, procs: Procs, tmp: Path, env: dict[str
             raise Failure(f"the floor proxy exited with status {proc.returncode}; its log:\n{tail(log)}")
         with socket.socket() as sock:
             if sock.connect_ex((HOST, port)) == 0:
-                return f"http://{HOST}:{port}"
+                return proc, f"http://{HOST}:{port}"
         time.sleep(0.05)
     raise Failure(f"the floor proxy did not listen within 30 s; its log:\n{tail(log)}")
 
@@ -686,8 +721,10 @@ def run(args: argparse.Namespace, procs: Procs, tmp: Path) -> int:
     through = Target("gateway", gateway, "/api/v1/chat/completions",
                      {"model": "streams/ttft", "messages": MESSAGES, "max_tokens": 16, "stream": True}, auth)
     targets = [direct, through]
-    floor_url = start_floor(args, procs, tmp, env, f"{up_url}{ttft_prefix}")
-    if floor_url is not None:
+    floor = start_floor(args, procs, tmp, env, f"{up_url}{ttft_prefix}")
+    floor_proc = floor[0] if floor is not None else None
+    if floor is not None:
+        floor_url = floor[1]
         # Same body as direct: the floor forwards it untouched to the same upstream path.
         targets.insert(1, Target("floor", floor_url, "/s/v1/chat/completions",
                                  {"model": "sim-small", "messages": MESSAGES, "max_tokens": 16, "stream": True,
@@ -702,17 +739,28 @@ def run(args: argparse.Namespace, procs: Procs, tmp: Path) -> int:
     counts = {"open": 0, "ended": 0, "peak_open": 0}
     warmup = 2
 
-    async def scenarios() -> None:
-        if args.ttft_requests:
+    async def ttft_rows(pinned: bool) -> None:
+        servers = [gw_proc.pid] + ([floor_proc.pid] if floor_proc is not None else [])
+        how, unpin = pin_for_ttft(servers, [up_proc.pid]) if pinned else ("not pinned", lambda: None)
+        try:
             for conns in args.ttft_conns:
                 if args.quiet_wait:
                     await asyncio.to_thread(wait_quiet, args.quiet_wait)
                 say(f"streams: TTFT, {conns} client(s), {args.ttft_requests} requests per path, in turn to "
-                    f"{', '.join(t.name for t in targets)} (upstream waits {args.ttft_ms} ms)")
+                    f"{', '.join(t.name for t in targets)} (upstream waits {args.ttft_ms} ms); {how}")
                 t0 = time.monotonic()
                 row = await ttft_run(targets, conns, args.ttft_requests, warmup)
                 row["wall_s"] = round(time.monotonic() - t0, 2)
+                row["pinned"], row["pinning"] = not how.startswith("not pinned"), how
                 report["ttft"].append(row)
+        finally:
+            unpin()
+
+    async def scenarios() -> None:
+        if args.ttft_requests:
+            modes = {"both": (True, False), "yes": (True,), "no": (False,)}[args.pin]
+            for pinned in modes if len(os.sched_getaffinity(0)) > 1 else (False,):
+                await ttft_rows(pinned)
         if args.streams:
             n = fitting_streams(args.streams, gw_proc.pid)
             if args.quiet_wait:
@@ -756,7 +804,8 @@ def run(args: argparse.Namespace, procs: Procs, tmp: Path) -> int:
     for row in report["ttft"]:
         for side in PATHS:
             if side in row and row[side]["errors"]:
-                failures.append(f"TTFT c={row['connections']} {side}: {row[side]['errors']} errors "
+                failures.append(f"TTFT c={row['connections']} {'pinned' if row['pinned'] else 'unpinned'} {side}: "
+                                f"{row[side]['errors']} errors "
                                 f"{row[side]['error_kinds']}")
     s = report["open_streams"]
     if s is not None and (s["errors"] or s["completed"] != s["streams"]):
@@ -868,22 +917,27 @@ def render(report: dict[str, Any], args: argparse.Namespace) -> str:
     out = []
     if report["ttft"]:
         out.append(f"Time to first token (upstream waits {args.ttft_ms} ms; from sending the request to the first "
-                   "content chunk; +p50/+p99: added over direct, the upstream alone):")
-        head = ["path", "conns", "requests", "errors", "min", "p50", "p90", "p99", "max", "+p50", "+p99"]
+                   "content chunk; +p50/+p99: added over direct, the upstream alone; pinned: " +
+                   "; ".join(sorted({row["pinning"] for row in report["ttft"]})) + "):")
+        head = ["path", "pinned", "conns", "requests", "errors", "min", "p50", "p90", "p99", "max", "+p50", "+p99"]
         body = []
         for row in report["ttft"]:
             for side in PATHS:
                 if side not in row:
                     continue
                 r = row[side]
-                body.append([side, str(row["connections"]), str(r["requests"]), str(r["errors"]), fmt_ms(r["min_ms"]),
+                body.append([side, "yes" if row["pinned"] else "no", str(row["connections"]), str(r["requests"]), str(r["errors"]), fmt_ms(r["min_ms"]),
                              fmt_ms(r["p50_ms"]), fmt_ms(r["p90_ms"]), fmt_ms(r["p99_ms"]), fmt_ms(r["max_ms"]),
                              fmt_ms(r.get("added_p50_ms"), True) if side != "direct" else "-",
                              fmt_ms(r.get("added_p99_ms"), True) if side != "direct" else "-"])
         out.append(_table(head, body))
-        worst = max((row["gateway"].get("added_p50_ms") or 0) for row in report["ttft"])
-        out.append(f"TTFT added at p50: at most {worst * 1000:+.0f} µs (target +{TTFT_ADDED_TARGET_US} µs): "
-                   f"{'met' if worst * 1000 <= TTFT_ADDED_TARGET_US else 'NOT MET'}")
+        for pinned in (True, False):
+            rows = [row for row in report["ttft"] if row["pinned"] == pinned]
+            if rows:
+                worst = max((row["gateway"].get("added_p50_ms") or 0) for row in rows)
+                out.append(f"TTFT added at p50, {'pinned' if pinned else 'not pinned'}: at most {worst * 1000:+.0f} µs "
+                           f"(target +{TTFT_ADDED_TARGET_US} µs): "
+                           f"{'met' if worst * 1000 <= TTFT_ADDED_TARGET_US else 'NOT MET'}")
         out.append("")
     s = report["open_streams"]
     if s is not None:

@@ -11,6 +11,7 @@ here judges speed: the figures of a 1 s run on a shared machine mean nothing
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -77,6 +78,9 @@ def assert_streams(streams: dict) -> None:
     assert checks["ledger_ok"] is True and streams["ledger"]["violations"] == [], streams["ledger"]
     assert checks["stream_generations"] == held["completed"] and checks["stream_generations_cancelled"] == 0, checks
     assert streams["ttft"], "no time-to-first-token rows"
+    # Pinned (servers under test on their own CPU) and not, where there is more than one CPU.
+    both = len(os.sched_getaffinity(0)) > 1
+    assert {row["pinned"] for row in streams["ttft"]} == ({True, False} if both else {False})
     for row in streams["ttft"]:
         for path in ("direct", "gateway"):
             answered = row[path]
