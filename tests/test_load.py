@@ -7,17 +7,20 @@ from farebox.clock import FakeClock
 from farebox.load import CpuLoad
 
 
-def test_idle_until_a_window_has_passed_whatever_the_cpu_used() -> None:
+def fresh() -> tuple[FakeClock, CpuLoad]:
     clock = FakeClock()
-    load = CpuLoad(clock, window_s=0.1, busy_at=0.5)
+    return clock, CpuLoad(clock, window_s=0.1, busy_at=0.5)
+
+
+def test_idle_until_a_window_has_passed_whatever_the_cpu_used() -> None:
+    clock, load = fresh()
     clock.use_cpu(5.0)
     clock.advance(0.05)
     assert load.busy() is False
 
 
 def test_busy_from_half_a_cpu_and_judged_again_only_each_window() -> None:
-    clock = FakeClock()
-    load = CpuLoad(clock, window_s=0.1, busy_at=0.5)
+    clock, load = fresh()
     clock.advance(0.11)
     clock.use_cpu(0.056)         # just over half a CPU over the window (0.11 s)
     assert load.busy() is True
@@ -31,8 +34,7 @@ def test_busy_from_half_a_cpu_and_judged_again_only_each_window() -> None:
 
 
 def test_a_long_quiet_spell_is_judged_as_a_whole() -> None:
-    clock = FakeClock()
-    load = CpuLoad(clock, window_s=0.1, busy_at=0.5)
+    clock, load = fresh()
     clock.advance(0.1)
     clock.use_cpu(0.1)
     assert load.busy() is True

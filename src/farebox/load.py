@@ -4,10 +4,11 @@ The relay's one such choice: a stream's first token is sent on its own (`Sink.fl
 than in the same send as whatever arrived with it, so the client does not wait while the
 rest of the upstream's read is relayed and, when the stream ended in it, the charge is
 journaled. That is one more send per stream when the first token did not arrive alone.
-While the process is idle the send costs nothing that anyone waits for and takes 0.3-0.6 ms
-off the first token on the bench's VM; under full load it cost 44 µs of CPU a stream
-(-12% in the SSE throughput scenario), and the first token's wait is then the queue, not
-the cork. See docs/performance.md.
+While the process is idle the send costs nothing that anyone waits for: on the bench's VM
+the first write left 0.3-0.5 ms sooner after the upstream's read (perf trace), and the time
+to first token the client saw fell by 0.05-0.1 ms. Under full load it cost 44 µs of CPU a
+stream (-12% in the SSE throughput scenario), and the first token's wait is then the queue,
+not the cork. See docs/performance.md.
 """
 
 from __future__ import annotations
