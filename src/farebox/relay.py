@@ -374,6 +374,7 @@ class Relay:
         sink.on_disconnect(upstream.close)
         text: list[str] | None = [] if req.logging else None   # the completion, kept only with prompt logging
         provider_name = endpoint.provider.name
+        chunk_object = _CHUNK_OBJECTS[req.api]
         tokens = 0
         native: str | None = None
         finish: str | None = None
@@ -389,7 +390,11 @@ class Relay:
                     break
                 choices = chunk.get("choices")
                 if choices:
+                    # Every chunk carries the generation's own id, object and created, as the
+                    # last one (usage) does: not the upstream's, whose clock is not ours.
                     chunk["id"] = req.gen_id
+                    chunk["object"] = chunk_object
+                    chunk["created"] = req.created
                     chunk["provider"] = provider_name
                     chunk["model"] = endpoint.model_id
                     for choice in choices:

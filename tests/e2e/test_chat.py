@@ -64,6 +64,22 @@ def test_streaming_chunks_and_final_usage_chunk(funded):
     assert gw.balance(org) == before - cost
 
 
+@pytest.mark.parametrize("model", ["sim/small", "sim/claude", "sim/gemini"])
+def test_every_chunk_has_the_generations_id_object_and_created(fake_clock_gateway, model):
+    # The gateway's clock stands at 2026-01-01 while the simulator stamps its own chunks with
+    # the real time: a chunk passed through with the upstream's `created` would show it.
+    gw = fake_clock_gateway
+    gw.org("acme", "5.00")
+    key, _ = gw.key("acme")
+    created = int(gw.clock.now())
+    chunks = list(client(gw, key).chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Stream please"}], stream=True))
+    assert len(chunks) >= 3 and chunks[-1].usage is not None
+    assert {(c.id, c.object, c.created) for c in chunks} == {(chunks[-1].id, "chat.completion.chunk", created)}
+    text = list(client(gw, key).completions.create(model="sim/small", prompt="Stream a story", stream=True))
+    assert {(c.id, c.object, c.created) for c in text} == {(text[-1].id, "text_completion", created)}
+
+
 def test_max_tokens_gives_length(funded):
     gw, _, key = funded
     for kwargs in ({"max_tokens": 3}, {"max_completion_tokens": 4}):
