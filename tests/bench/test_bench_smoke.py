@@ -38,6 +38,13 @@ def test_bench_run_smoke(tmp_path: Path) -> None:
     # Every request the gateway answered left exactly one generation record (up to those in
     # flight when a wrk run stopped, which bench/run itself bounds).
     assert 0 <= ledger["generations"] - ledger["requests_answered"] <= ledger["cutoff_slack"], ledger
+    # Item 3's ratio comes from the gateway's JSON and SSE runs back to back (one round here).
+    (pair,) = report["sse_pairs"]
+    for mode in ("json", "sse"):
+        assert pair[mode]["rps"] > 0 and pair[mode]["errors"] == 0 and pair[mode]["cpu_us_per_request"] > 0, pair
+    assert pair["ratio"] == pair["sse"]["rps"] / pair["json"]["rps"]
+    sse_target = next(t for t in report["targets"] if t["item"].startswith("3 SSE"))
+    assert "median of 1 back-to-back rounds" in sse_target["measured"], sse_target
     assert_streams(report["streams"])
     assert_writer(report["writer"])
     assert_footprint(report["footprint"])
