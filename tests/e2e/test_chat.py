@@ -76,7 +76,15 @@ def test_every_chunk_has_the_generations_id_object_and_created(fake_clock_gatewa
         model=model, messages=[{"role": "user", "content": "Stream please"}], stream=True))
     assert len(chunks) >= 3 and chunks[-1].usage is not None
     assert {(c.id, c.object, c.created) for c in chunks} == {(chunks[-1].id, "chat.completion.chunk", created)}
+
+
+def test_every_legacy_completion_chunk_has_the_generations_id_object_and_created(fake_clock_gateway):
+    gw = fake_clock_gateway
+    gw.org("acme", "5.00")
+    key, _ = gw.key("acme")
+    created = int(gw.clock.now())
     text = list(client(gw, key).completions.create(model="sim/small", prompt="Stream a story", stream=True))
+    assert len(text) >= 3 and text[-1].usage is not None
     assert {(c.id, c.object, c.created) for c in text} == {(text[-1].id, "text_completion", created)}
 
 
