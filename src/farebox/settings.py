@@ -51,7 +51,7 @@ class Settings:
     upstream_first_byte_timeout_s: float = _s(120.0, "Seconds a streaming attempt may wait for its first event before failing over.", minimum=0.01)
     upstream_idle_timeout_s: float = _s(120.0, "Seconds a stream may stay silent between events before it is ended as a timeout.", minimum=0.01)
     upstream_timeout_s: float = _s(600.0, "Seconds one attempt may take in total, streaming or not.", minimum=0.01)
-    upstream_connections_max: int = _s(0, "Most open connections per provider pool; 0 means unlimited.", minimum=0)
+    upstream_connections_max: int = _s(0, "Most open connections per provider pool; 0 means unlimited. For a provider reached over HTTP/2 (`http2 = true` in the catalog) it bounds connections, each carrying many streams.", minimum=0)
     upstream_keepalive_s: float = _s(15.0, "Seconds an idle upstream connection is kept for reuse; older ones are closed rather than risk a server closing them mid-request.", minimum=0)
     attempts_max: int = _s(3, "Most upstream attempts (endpoints tried) for one request.", minimum=1)
     attempts_timeout_s: float = _s(300.0, "Seconds after a request arrives when no new attempt starts; each attempt's wait for its first byte (a whole answer when not streaming) is cut to what remains.", minimum=0.01)

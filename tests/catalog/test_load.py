@@ -284,8 +284,18 @@ def test_docs_examples_load() -> None:
     assert len(blocks) >= 3
     for block in blocks:
         load_catalog(builtin=True, extra_text=block, env={})
-    local = load_catalog(builtin=True, extra_text=blocks[1], env={})
+    (local_block,) = [b for b in blocks if "local-vllm" in b]
+    local = load_catalog(builtin=True, extra_text=local_block, env={})
     assert local.credentials == {"local-vllm": "", "ollama": ""}
+    (h2_block,) = [b for b in blocks if "http2" in b]
+    assert load_catalog(builtin=True, extra_text=h2_block, env={}).providers["openai"].http2
+
+
+def test_http2_is_off_unless_asked_and_must_be_a_bool() -> None:
+    assert not load_text(PROVIDER).providers["acme"].http2
+    assert load_text(PROVIDER + "http2 = true\n").providers["acme"].http2
+    with pytest.raises(ConfigError, match=r"providers\.acme\.http2: expected bool, got str"):
+        load_text(PROVIDER + 'http2 = "yes"\n')
 
 
 # ---------------------------------------------------------------- validation errors name their path

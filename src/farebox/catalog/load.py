@@ -38,7 +38,7 @@ from farebox.money import MoneyFormatError, parse_price
 
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _MODEL_ID = re.compile(r"^[a-z0-9][a-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*(:[a-z0-9-]+)*$")
-_PROVIDER_KEYS = {"name", "dialect", "base_url", "api_key", "trains_on_prompts", "retains_prompts", "options"}
+_PROVIDER_KEYS = {"name", "dialect", "base_url", "api_key", "trains_on_prompts", "retains_prompts", "options", "http2"}
 _MODEL_KEYS = {
     "id", "name", "description", "created", "context_length", "input_modalities", "output_modalities",
     "tokenizer", "instruct_type", "hugging_face_id", "endpoints", "default_parameters",
@@ -125,6 +125,7 @@ def _provider(source: str, slug: str, table: Any) -> Provider:
         trains_on_prompts=r.get("trains_on_prompts", bool, required=True),
         retains_prompts=r.get("retains_prompts", bool, required=True),
         options=options,
+        http2=r.get("http2", bool, False),
     )
 
 

@@ -79,6 +79,7 @@ class Provider:
     trains_on_prompts: bool
     retains_prompts: bool
     options: dict[str, Any] = field(default_factory=dict)
+    http2: bool = False  # reach it over HTTP/2: many requests share a connection (providers/h2client.py)
 
     @property
     def zdr(self) -> bool:

@@ -17,12 +17,13 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-import zlib
 from collections import deque
 from urllib.parse import urlsplit
 
 import httptools
 
+from farebox.providers.deadline import Deadlines
+from farebox.providers.h2client import H2Pool, request_headers
 from farebox.providers.response import Response, TransportError
 
 HIGH_WATER = 1 << 20      # bytes buffered unread before the socket stops being read
@@ -76,7 +77,7 @@ def request_head(target: _Target, headers: dict[str, str], length: int) -> bytes
         raise TransportError("a header holds characters HTTP/1.1 cannot carry") from None
 
 
-class Connection(asyncio.Protocol):
+class Connection(Deadlines, asyncio.Protocol):
     """One keep-alive connection. httptools calls the `on_*` methods while `data_received`
     feeds it; at most one response is in flight."""
 
@@ -168,41 +169,23 @@ class Connection(asyncio.Protocol):
             return
         response.status = status
         self._keep_alive = self._parser.should_keep_alive()
-        encoding = response.headers.get("content-encoding", "identity").strip().lower()
-        if encoding in ("gzip", "x-gzip"):
-            response._decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        elif encoding == "deflate":
-            response._decoder = zlib.decompressobj()
-        elif encoding not in ("identity", ""):
-            self._broken(TransportError(f"unsupported content-encoding {encoding!r}"))
-            return
-        if not response._headers_ready.done():
-            response._headers_ready.set_result(None)
+        try:
+            response._headers_complete()
+        except TransportError as e:
+            self._broken(e)
 
     def on_body(self, body: bytes) -> None:
         response = self._response
         assert response is not None
-        if response._decoder is not None:
-            try:
-                body = response._decoder.decompress(body)
-            except zlib.error as e:
-                raise TransportError(f"corrupt compressed body: {e}") from None
-        if response._done:
-            return  # draining what the caller no longer wants
-        response._buffer += body
-        response._wake()
+        response._feed(body)  # raises on a corrupt compressed body: data_received's verdict
 
     def on_message_complete(self) -> None:
         response = self._response
         if response is None or response.status == 0:
             return  # the end of an interim (1xx) response
-        if response._decoder is not None:
-            response._buffer += response._decoder.flush()
-        response._complete = True
+        response._end()
         if response._done:
             self._recycle()  # drained: the connection can serve again
-            return
-        response._wake()
 
     # -- the pool's side -------------------------------------------------------------------
     def send(self, head: bytes, body: bytes, deadline: float, full_deadline: float) -> Response:
@@ -262,43 +245,6 @@ class Connection(asyncio.Protocol):
         if self._response is not None:
             self._response._fail(error)
         self.close()
-
-    # -- timeouts: one timer per connection, re-armed only when it fires ---------------------
-    # A timer that fires early does no harm: `_check_time` looks at the response in flight
-    # then, if any, and re-arms for it. So a response that ends leaves its timer running, and
-    # the next one keeps it unless it needs an earlier one: with the default timeouts, one
-    # timer per connection every `upstream_idle_timeout_s` instead of one per request (a
-    # libuv timer made and closed, 1.1 µs alone).
-    def _arm(self, now: float) -> None:
-        when = max(min(self.last_read + self.pool.idle_timeout_s, self.deadline), now)
-        if self._timer is not None:
-            if self._timer_at <= when:
-                return
-            self._timer.cancel()
-        self._timer_at = when
-        self._timer = self.loop.call_at(when, self._check_time)
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _check_time(self) -> None:
-        self._timer = None
-        response = self._response
-        if response is None or response._complete or self.closed:
-            return
-        now = self.loop.time()
-        if response._done:  # drained too long: not worth waiting for
-            self.close()
-        elif now >= self.deadline:
-            self._broken(TimeoutError("the attempt took longer than its total timeout"))
-        elif not self.paused and now - self.last_read >= self.pool.idle_timeout_s:
-            self._broken(TimeoutError("the server went silent"))
-        else:
-            if self.paused:
-                self.last_read = now
-            self._arm(now)
 
     def idle_for(self, now: float) -> float:
         return now - self._idle_since
@@ -399,33 +345,53 @@ class Client:
         self.connections_max = connections_max
         self.keepalive_s = keepalive_s
         self._pools: dict[tuple[str, tuple[str, str, int]], Pool] = {}
-        self._tls: ssl.SSLContext | None = None
+        self._h2_pools: dict[tuple[str, tuple[str, str, int]], H2Pool] = {}
+        self._tls: dict[bool, ssl.SSLContext] = {}  # by whether it offers h2 by ALPN
+
+    def _tls_for(self, target: _Target, http2: bool) -> ssl.SSLContext | None:
+        if not target.tls:
+            return None
+        context = self._tls.get(http2)
+        if context is None:
+            context = self._tls[http2] = ssl.create_default_context()
+            if http2:
+                context.set_alpn_protocols(["h2"])
+        return context
 
     def _pool(self, scope: str, target: _Target) -> Pool:
         key = (scope, target.origin)
         pool = self._pools.get(key)
         if pool is None:
-            if target.tls and self._tls is None:
-                self._tls = ssl.create_default_context()
             pool = self._pools[key] = Pool(
                 target, limit=self.connections_max, connect_timeout_s=self.connect_timeout_s,
-                idle_timeout_s=self.idle_timeout_s, keepalive_s=self.keepalive_s,
-                tls=self._tls if target.tls else None)
+                idle_timeout_s=self.idle_timeout_s, keepalive_s=self.keepalive_s, tls=self._tls_for(target, False))
+        return pool
+
+    def _h2_pool(self, scope: str, target: _Target) -> H2Pool:
+        key = (scope, target.origin)
+        pool = self._h2_pools.get(key)
+        if pool is None:
+            pool = self._h2_pools[key] = H2Pool(
+                target, limit=self.connections_max, connect_timeout_s=self.connect_timeout_s,
+                idle_timeout_s=self.idle_timeout_s, keepalive_s=self.keepalive_s, tls=self._tls_for(target, True))
         return pool
 
     async def post(self, scope: str, url: str, body: bytes, headers: dict[str, str],
-                   timeout_s: float | None = None, first_byte_s: float | None = None) -> Response:
+                   timeout_s: float | None = None, first_byte_s: float | None = None,
+                   http2: bool = False) -> Response:
         """`timeout_s` (at most `total_timeout_s`) bounds everything from here to the end of
         the body: waiting for a connection, the headers, the body. `first_byte_s` bounds it
         more tightly until the caller calls the response's `started` (a stream's first token).
         The connection's own timer enforces both once a connection is in hand, so a caller
-        needs no `asyncio.timeout` of its own (which cost 5 µs a request)."""
+        needs no `asyncio.timeout` of its own (which cost 5 µs a request). `http2` sends it
+        as a stream of a shared HTTP/2 connection (`providers/h2client.py`)."""
         target = target_of(url)
+        if http2:
+            return await self._post_h2(scope, target, body, headers, timeout_s, first_byte_s)
         head = request_head(target, headers, len(body))
         pool = self._pool(scope, target)
         now = pool.loop.time()
-        full = now + (self.total_timeout_s if timeout_s is None else min(timeout_s, self.total_timeout_s))
-        deadline = full if first_byte_s is None else min(full, now + first_byte_s)
+        deadline, full = self._deadlines(now, timeout_s, first_byte_s)
         conn = pool.take_idle(now)
         if conn is None:   # wait for a free slot, or connect: no timer of a connection runs yet
             async with asyncio.timeout_at(deadline):
@@ -438,11 +404,35 @@ class Client:
             raise
         return response
 
+    def _deadlines(self, now: float, timeout_s: float | None, first_byte_s: float | None) -> tuple[float, float]:
+        """(until the first byte, until the end) as loop times."""
+        full = now + (self.total_timeout_s if timeout_s is None else min(timeout_s, self.total_timeout_s))
+        return (full if first_byte_s is None else min(full, now + first_byte_s)), full
+
+    async def _post_h2(self, scope: str, target: _Target, body: bytes, headers: dict[str, str],
+                       timeout_s: float | None, first_byte_s: float | None) -> Response:
+        fields = request_headers(target, headers, len(body))
+        pool = self._h2_pool(scope, target)
+        now = pool.loop.time()
+        deadline, full = self._deadlines(now, timeout_s, first_byte_s)
+        conn = pool.take(now)
+        if conn is None:
+            async with asyncio.timeout_at(deadline):
+                conn = await pool.acquire()
+        response = conn.open(fields, body, deadline, full)
+        try:
+            await response._headers_ready
+        except BaseException:
+            response.close()
+            raise
+        return response
+
     def open_connections(self) -> int:
-        return sum(pool.open for pool in self._pools.values())
+        return sum(pool.open for pool in self._pools.values()) + sum(p.open for p in self._h2_pools.values())
 
     async def close(self) -> None:
-        for pool in self._pools.values():
+        for pool in (*self._pools.values(), *self._h2_pools.values()):
             pool.close()
         self._pools.clear()
+        self._h2_pools.clear()
         await asyncio.sleep(0)  # let the aborted transports report connection_lost

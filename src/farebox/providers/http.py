@@ -43,7 +43,8 @@ class Upstreams:
         `timeout_s` bounds the whole exchange, body included, and `first_byte_s` it until
         the response's `started` (Client.post)."""
         try:
-            response = await self.client.post(provider.slug, url, body, headers, timeout_s, first_byte_s)
+            response = await self.client.post(provider.slug, url, body, headers, timeout_s, first_byte_s,
+                                              provider.http2)
         except TimeoutError:
             raise UpstreamTimeout(f"{provider.name} did not answer in time", provider_name=provider.name) from None
         except _TRANSPORT as e:

@@ -7,16 +7,18 @@ the reading side, that the connection and its pool.
 from __future__ import annotations
 
 import asyncio
+import zlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from farebox.providers.client import Connection
+    from farebox.providers.h2client import H2Stream
 
 LINE_MAX = 16 << 20       # an SSE line longer than this is not an answer we can use
 
 
 class TransportError(Exception):
-    """The connection failed or the server sent something that is not HTTP/1.1."""
+    """The connection failed or the server sent something that is not HTTP."""
 
 
 class Response:
@@ -28,7 +30,7 @@ class Response:
     __slots__ = ("_buffer", "_complete", "_conn", "_decoder", "_done", "_error", "_headers_ready", "_scan",
                  "_waiter", "headers", "status")
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection | H2Stream) -> None:
         self._conn = conn
         self.status = 0
         self.headers: dict[str, str] = {}
@@ -42,6 +44,39 @@ class Response:
         self._done = False             # released or closed
 
     # -- fed by the connection --------------------------------------------------------
+    def _headers_complete(self) -> None:
+        """Status and headers are in: pick the body's decoder and wake `post`'s caller.
+        Raises TransportError for an encoding we cannot read."""
+        encoding = self.headers.get("content-encoding", "identity").strip().lower()
+        if encoding in ("gzip", "x-gzip"):
+            self._decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif encoding == "deflate":
+            self._decoder = zlib.decompressobj()
+        elif encoding not in ("identity", ""):
+            raise TransportError(f"unsupported content-encoding {encoding!r}")
+        if not self._headers_ready.done():
+            self._headers_ready.set_result(None)
+
+    def _feed(self, body: bytes) -> None:
+        """Body bytes as they came off the wire. Raises TransportError on a corrupt compressed body."""
+        if self._decoder is not None:
+            try:
+                body = self._decoder.decompress(body)
+            except zlib.error as e:
+                raise TransportError(f"corrupt compressed body: {e}") from None
+        if self._done:
+            return  # draining what the caller no longer wants
+        self._buffer += body
+        self._wake()
+
+    def _end(self) -> None:
+        """The whole body has arrived."""
+        if self._decoder is not None:
+            self._buffer += self._decoder.flush()
+        self._complete = True
+        if not self._done:
+            self._wake()
+
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None:
