@@ -14,6 +14,7 @@ from farebox.sim.completions import CompletionsDialect
 from farebox.sim.embeddings import EmbeddingsDialect
 from farebox.sim.flow import handler
 from farebox.sim.gemini import GenerateContentDialect
+from farebox.sim.h2 import Site
 from farebox.sim.openai import ChatDialect, json_response
 from farebox.sim.stats import KeyCounts, Stats
 
@@ -93,7 +94,9 @@ async def start(host: str = "127.0.0.1", port: int = 8090) -> tuple[web.AppRunne
         shutdown_timeout=_SHUTDOWN_TIMEOUT_S,
     )
     await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=4096)
+    # HTTP/1.1 and HTTP/2 with prior knowledge on one port; h2 requests reach the same
+    # handlers through a loopback HTTP/1.1 connection (see sim/h2.py).
+    site = Site(runner, host, port, max_body=_MAX_BODY, drain_s=_SHUTDOWN_TIMEOUT_S, backlog=4096)
     try:
         await site.start()
     except BaseException:
