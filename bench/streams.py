@@ -84,6 +84,7 @@ base_url = "{slow_base}"
 api_key = "none"
 trains_on_prompts = false
 retains_prompts = false
+http2 = {slow_http2}
 
 [[models]]
 id = "streams/ttft"
@@ -555,6 +556,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--upstream", choices=("sim", "paced"), default="paced",
                    help="the upstream: bench/paced_upstream.py (default; holds streams until all are open) or "
                         "`farebox sim` (streams end on their own)")
+    p.add_argument("--slow-http", choices=("1.1", "2"), default=None,
+                   help="how the gateway reaches the upstream of the many streams: HTTP/2, its streams "
+                        "sharing connections (default with the paced upstream), or HTTP/1.1, a connection "
+                        "each (default with the sim, whose HTTP/2 relays each stream over a connection of its own)")
     p.add_argument("--end-spread", type=float, default=None,
                    help="after the hold, the streams end spread over this many seconds, in the order they "
                         "started, rather than all in the same second (default 10, 1 with --smoke)")
@@ -574,6 +579,7 @@ def parse_args() -> argparse.Namespace:
     a.ttft_requests = (6 if a.smoke else 200) if a.ttft_requests is None else a.ttft_requests
     a.quiet_wait = (0 if a.smoke else 60) if a.quiet_wait is None else a.quiet_wait
     a.end_spread = (1.0 if a.smoke else 10.0) if a.end_spread is None else a.end_spread
+    a.slow_http = ("2" if a.upstream == "paced" else "1.1") if a.slow_http is None else a.slow_http
     try:
         a.ttft_conns = [int(c) for c in a.ttft_concurrency.split(",") if c.strip()]
     except ValueError:
@@ -675,11 +681,13 @@ def start_upstream(args: argparse.Namespace, procs: Procs, tmp: Path, env: dict[
 
 def run(args: argparse.Namespace, procs: Procs, tmp: Path) -> int:
     command = "bench/streams.py" + "".join(f" {a}" for a in sys.argv[1:])
-    # Each open stream holds a socket in the client, two in the gateway and one in the upstream.
+    # Each open stream holds a socket in the client and one in the upstream; in the gateway its
+    # client's, and over HTTP/1.1 an upstream one too (over HTTP/2 a few hundred share one).
+    per_stream = 2 if args.slow_http == "1.1" else 1
     fd_limit = raise_fd_limit(max(65536, 2 * args.streams + 4096))
-    if fd_limit < 2 * args.streams + 256:
-        say(f"streams: WARNING: the open-files limit is {fd_limit}; the gateway needs about two per stream "
-            f"({2 * args.streams + 256} for {args.streams}). Raise the hard limit (ulimit -Hn) or run as root.")
+    if fd_limit < per_stream * args.streams + 256:
+        say(f"streams: WARNING: the open-files limit is {fd_limit}; the gateway needs about {per_stream} per stream "
+            f"({per_stream * args.streams + 256} for {args.streams}). Raise the hard limit (ulimit -Hn) or run as root.")
     env = {k: v for k, v in os.environ.items() if not k.startswith("FAREBOX_")}
     up_proc, up_url = start_upstream(args, procs, tmp, env)
     tokens = args.seconds + 1  # the first token comes at once, then one a second
@@ -689,7 +697,8 @@ def run(args: argparse.Namespace, procs: Procs, tmp: Path) -> int:
     home = tmp / "home"
     home.mkdir()
     (tmp / "catalog.toml").write_text(CATALOG.format(ttft_ms=args.ttft_ms, ttft_base=f"{up_url}{ttft_prefix}/v1",
-                                                     slow_base=f"{up_url}{slow_prefix}/v1"))
+                                                     slow_base=f"{up_url}{slow_prefix}/v1",
+                                                     slow_http2=str(args.slow_http == "2").lower()))
     gw_env = {**env, "FAREBOX_HOME": str(home), "FAREBOX_HOST": HOST, "FAREBOX_PORT": "0",
               "FAREBOX_CATALOG_PATH": str(tmp / "catalog.toml"), "FAREBOX_CATALOG_BUILTIN": "false",
               "FAREBOX_LOG_LEVEL": "warning",
@@ -700,7 +709,7 @@ def run(args: argparse.Namespace, procs: Procs, tmp: Path) -> int:
     gw_proc = procs.start("farebox serve", [str(BIN / "farebox"), "serve"], log, gw_env)
     gateway = wait_for_line("farebox serve", gw_proc, log, "serving on ")
     gw_limit = _proc_nofile(gw_proc.pid)
-    say(f"streams: upstream ({args.upstream}) {up_url}, gateway {gateway} (pid {gw_proc.pid}, open-files limit "
+    say(f"streams: upstream ({args.upstream}, the many streams over HTTP/{args.slow_http}) {up_url}, gateway {gateway} (pid {gw_proc.pid}, open-files limit "
         f"{gw_limit}); this client's limit {fd_limit}")
     mkey = (home / "management_key").read_text().strip()
 
@@ -762,7 +771,7 @@ def run(args: argparse.Namespace, procs: Procs, tmp: Path) -> int:
             for pinned in modes if len(os.sched_getaffinity(0)) > 1 else (False,):
                 await ttft_rows(pinned)
         if args.streams:
-            n = fitting_streams(args.streams, gw_proc.pid)
+            n = fitting_streams(args.streams, gw_proc.pid, args.slow_http)
             if args.quiet_wait:
                 await asyncio.to_thread(wait_quiet, args.quiet_wait)
             sampler = Sampler(gw_proc.pid, up_proc.pid, counts)
@@ -831,6 +840,7 @@ def run(args: argparse.Namespace, procs: Procs, tmp: Path) -> int:
                            "max_pending": args.max_pending, "end_spread_s": args.end_spread,
                            "ttft_requests": args.ttft_requests, "quiet_wait_s": args.quiet_wait,
                            "ttft_concurrency": args.ttft_conns, "ttft_ms": args.ttft_ms, "upstream": args.upstream,
+                           "slow_http": args.slow_http,
                            "smoke": args.smoke, "open_files_limit": fd_limit, "gateway_open_files_limit": gw_limit},
               **report, "failures": failures, "ok": status == 0}
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -839,14 +849,17 @@ def run(args: argparse.Namespace, procs: Procs, tmp: Path) -> int:
     return status
 
 
-def fitting_streams(want: int, gw_pid: int) -> int:
+def fitting_streams(want: int, gw_pid: int, http: str) -> int:
     """`want`, or fewer when the gateway's open-files limit cannot hold that many streams:
-    each takes two descriptors there (its client's socket and its upstream's), on top of
-    those already open. Running into the limit would measure the limit, not the gateway."""
+    over HTTP/1.1 each takes two descriptors there (its client's socket and its upstream's),
+    over HTTP/2 its client's and a share of an upstream connection (at least 100 streams
+    each), on top of those already open. Running into the limit would measure the limit,
+    not the gateway."""
     limit, in_use = _proc_nofile(gw_pid), memory_kb(gw_pid).get("fds")
     if limit is None or in_use is None:
         return want
-    room = (limit - in_use - FD_SPARE) // 2
+    free = limit - in_use - FD_SPARE
+    room = free // 2 if http == "1.1" else free * 100 // 101
     if want <= room:
         return want
     bar = "!" * 78
@@ -943,7 +956,8 @@ def render(report: dict[str, Any], args: argparse.Namespace) -> str:
     if s is not None:
         how = (f"held together {s['held_s']} s once all were open" if s["released"]
                else f"{s['min_tokens']} tokens each")
-        out.append(f"Open streams ({s['streams']:,} streams through one gateway process, one token a second, {how}):")
+        out.append(f"Open streams ({s['streams']:,} streams through one gateway process, one token a second, {how}; "
+                   f"gateway to upstream over HTTP/{args.slow_http}):")
         head = ["streams", "opened", "completed", "errors", "peak open", "ramp", "held", "duration min/p50/max",
                 "tokens min/max", "longest gap p99/max", "gw RSS before", "gw RSS peak", "gw fds peak"]
         body = [[f"{s['streams']:,}", f"{s['opened']:,}", f"{s['completed']:,}", str(s["errors"]), f"{s['peak_open']:,}",

@@ -43,9 +43,9 @@ def gateway(shared_gateway: Gateway) -> Iterator[Gateway]:
 def make_gateway(sim_url: str, tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
     started: list[Gateway] = []
 
-    def make(**settings: object) -> Gateway:
+    def make(catalog_extra: str = "", **settings: object) -> Gateway:
         env = {f"FAREBOX_{k.upper()}": str(v).lower() if isinstance(v, bool) else str(v) for k, v in settings.items()}
-        gw = Gateway(tmp_path / f"gw{len(started)}", sim_url, env).start()
+        gw = Gateway(tmp_path / f"gw{len(started)}", sim_url, env, catalog_extra).start()
         started.append(gw)
         return gw
 

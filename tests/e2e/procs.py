@@ -254,6 +254,7 @@ class Gateway:
     home: Path
     sim_url: str
     env_overrides: dict[str, str] = field(default_factory=dict)
+    catalog_extra: str = ""  # more catalog TOML, `{sim}` standing for the simulator's URL
     proc: Proc | None = None
     url: str = ""
     management_key: str = ""
@@ -262,7 +263,7 @@ class Gateway:
         self.home.mkdir(parents=True, exist_ok=True)
         catalog = self.home / "catalog.toml"
         catalog.write_text(sim_catalog(f"{self.sim_url}/v1") + BROKEN.format(sim=self.sim_url)
-                           + KEYED.format(sim=self.sim_url))
+                           + KEYED.format(sim=self.sim_url) + self.catalog_extra.replace("{sim}", self.sim_url))
         env = dict(os.environ)
         env.update({"FAREBOX_HOME": str(self.home), "FAREBOX_PORT": "0", "FAREBOX_CATALOG_PATH": str(catalog),
                     "FAREBOX_CATALOG_BUILTIN": "false", "FAREBOX_LOG_LEVEL": "warning",
