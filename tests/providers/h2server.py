@@ -19,8 +19,9 @@ class H2Server:
     """Paths (after any prefix): `/json` answers `{"n": <body length>}`; `/sse?k=K&ms=M` K
     events M ms apart then `data: [DONE]`, with END_STREAM in a frame of its own a little
     later (`&end_ms=E`); `/reset` headers, one event, then RST_STREAM; `/refuse` RST_STREAM
-    REFUSED_STREAM at once; `/goaway` GOAWAY naming the stream before this one as the last
-    processed; `/hang` headers and nothing more; `/silent` nothing at all; `/big?kb=N` N KiB
+    REFUSED_STREAM at once; `/goaway` GOAWAY naming the stream before this one (or none) as
+    the last processed; `/refuse-once` and `/goaway-once` do so the first time, then answer
+    as `/json`; `/hang` headers and nothing more; `/silent` nothing at all; `/big?kb=N` N KiB
     of body; `/gzip` a gzip-encoded JSON body."""
 
     def __init__(self, max_streams: int = 100, window: int = 65535) -> None:
@@ -32,6 +33,7 @@ class H2Server:
         self.ended = 0                      # streams the server ended normally
         self.most_open = 0                  # most streams answered at once on any connection
         self.sent: dict[int, int] = {}      # bytes of body sent per stream id (the last connection's)
+        self.once: set[str] = set()         # `-once` paths already acted on
         self.server: asyncio.AbstractServer | None = None
 
     async def __aenter__(self) -> str:
@@ -118,6 +120,9 @@ class _Conn(asyncio.Protocol):
         self.server.requests.append({"headers": head, "body": body, "path": path})
         self.server.most_open = max(self.server.most_open, len(self.tasks))
         name = path.rsplit("/", 1)[-1]
+        if name.endswith("-once"):  # the behaviour the first time, then an ordinary JSON answer
+            name = "json" if name in self.server.once else name.removesuffix("-once")
+            self.server.once.add(path.rsplit("/", 1)[-1])
         if name == "silent":
             await asyncio.sleep(3600)
         if name == "refuse":
@@ -125,7 +130,7 @@ class _Conn(asyncio.Protocol):
             self.flush()
             return
         if name == "goaway":
-            self.h2.close_connection(last_stream_id=sid - 2)
+            self.h2.close_connection(last_stream_id=max(sid - 2, 0))
             self.flush()
             # A graceful shutdown: streams up to the last one go on (h2 would close everything).
             self.h2.state_machine.state = h2.connection.ConnectionState.SERVER_OPEN

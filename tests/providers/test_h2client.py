@@ -138,26 +138,38 @@ async def test_a_reset_stream_fails_alone_and_the_connection_serves_on() -> None
 
 
 @run
-async def test_a_refused_stream_is_a_transport_error() -> None:
-    async with H2Server() as base:
+async def test_a_refused_stream_is_sent_again_and_a_server_that_keeps_refusing_is_a_transport_error() -> None:
+    server = H2Server()
+    async with server as base:
         c = client()
+        response = await post(c, base + "/v1/refuse-once", b"abc")
+        assert json.loads(await response.read()) == {"n": 3}  # the second sending was answered
+        response.release()
+        assert [r["path"] for r in server.requests] == ["/v1/refuse-once"] * 2
         with pytest.raises(TransportError, match="REFUSED_STREAM"):
             await post(c, base + "/v1/refuse")
+        assert len(server.requests) == 2 + 3  # sent three times in all, then given up
+        assert server.connections == 1
         await c.close()
 
 
 @run
-async def test_goaway_fails_the_streams_it_never_took_and_new_requests_get_a_new_connection() -> None:
+async def test_goaway_lets_taken_streams_finish_and_sends_the_untaken_again_on_a_new_connection() -> None:
     server = H2Server()
     async with server as base:
         c = client()
         taken = asyncio.ensure_future(post(c, base + "/v1/sse?k=2&ms=100"))
         await asyncio.sleep(0.05)
-        with pytest.raises(TransportError, match="before taking the request"):
-            await post(c, base + "/v1/goaway")  # the server names the stream before it as its last
+        # The server names the stream before this one as its last: this one goes again, elsewhere.
+        response = await post(c, base + "/v1/goaway-once", b"abcd")
+        assert json.loads(await response.read()) == {"n": 4}
+        response.release()
         assert await lines(await taken) == [b"data: 0", b"data: 1", b"data: [DONE]"]  # below the line: finishes
+        assert server.connections == 2
         assert await lines(await post(c, base + "/v1/sse?k=1&ms=1")) == [b"data: 0", b"data: [DONE]"]
         assert server.connections == 2
+        with pytest.raises(TransportError, match="before taking the request"):
+            await post(c, base + "/v1/goaway")  # every connection says so: given up after the resends
         await c.close()
 
 

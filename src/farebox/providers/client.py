@@ -23,12 +23,13 @@ from urllib.parse import urlsplit
 import httptools
 
 from farebox.providers.deadline import Deadlines
-from farebox.providers.h2client import H2Pool, request_headers
+from farebox.providers.h2client import H2Pool, Unprocessed, request_headers
 from farebox.providers.response import Response, TransportError
 
 HIGH_WATER = 1 << 20      # bytes buffered unread before the socket stops being read
 DRAIN_S = 1.0             # how long a released response's last bytes are awaited to keep its connection
 _URL_CACHE_MAX = 4096
+H2_RESENDS = 2            # times a request an HTTP/2 server provably never processed is sent again
 
 
 class _Target:
@@ -415,17 +416,24 @@ class Client:
         pool = self._h2_pool(scope, target)
         now = pool.loop.time()
         deadline, full = self._deadlines(now, timeout_s, first_byte_s)
-        conn = pool.take(now)
-        if conn is None:
-            async with asyncio.timeout_at(deadline):
-                conn = await pool.acquire()
-        response = conn.open(fields, body, deadline, full)
-        try:
-            await response._headers_ready
-        except BaseException:
-            response.close()
-            raise
-        return response
+        for attempt in range(H2_RESENDS + 1):
+            conn = pool.take(pool.loop.time())
+            if conn is None:
+                async with asyncio.timeout_at(deadline):
+                    conn = await pool.acquire()
+            response = conn.open(fields, body, deadline, full)
+            try:
+                await response._headers_ready
+            except Unprocessed:
+                response.close()
+                if attempt == H2_RESENDS:
+                    raise
+                continue  # never acted on: the same request again, on a connection that takes it
+            except BaseException:
+                response.close()
+                raise
+            return response
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def open_connections(self) -> int:
         return sum(pool.open for pool in self._pools.values()) + sum(p.open for p in self._h2_pools.values())

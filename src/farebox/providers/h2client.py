@@ -33,6 +33,11 @@ from farebox.providers.response import Response, TransportError
 if TYPE_CHECKING:
     from farebox.providers.client import _Target
 
+
+class Unprocessed(TransportError):
+    """The server says it never acted on the request (REFUSED_STREAM, or a stream above a
+    GOAWAY's last id, RFC 9113 §8.7): it may be sent again, on another connection."""
+
 HIGH_WATER = 1 << 20          # bytes buffered unread before a stream stops acknowledging data
 DRAIN_S = 1.0                 # how long a released stream's END_STREAM is awaited before resetting it
 STREAM_WINDOW = 1 << 20       # what each stream may have in flight towards us
@@ -244,7 +249,8 @@ class H2Connection(asyncio.Protocol):
             code = h2.errors.ErrorCodes(event.error_code).name
         except ValueError:
             code = str(event.error_code)
-        stream._response._fail(TransportError(f"the server reset the stream ({code})"))
+        kind = Unprocessed if event.error_code == h2.errors.ErrorCodes.REFUSED_STREAM else TransportError
+        stream._response._fail(kind(f"the server reset the stream ({code})"))
         self._forget(stream)
 
     def _on_window(self, event: Any, now: float) -> None:
@@ -274,7 +280,7 @@ class H2Connection(asyncio.Protocol):
             self.h2.state_machine.state = h2.connection.ConnectionState.CLIENT_OPEN
         for stream in list(self.streams.values()):
             if stream.sid > last and stream._response is not None:
-                stream._response._fail(TransportError("the server closed the connection before taking the request"))
+                stream._response._fail(Unprocessed("the server closed the connection before taking the request"))
                 self._forget(stream)
         if event.error_code:
             self._fail_all(TransportError(f"the server ended the HTTP/2 connection ({event.error_code!r})"))
