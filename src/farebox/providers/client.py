@@ -15,20 +15,22 @@ short); silence past the idle timeout and attempts past the total deadline raise
 from __future__ import annotations
 
 import asyncio
-import socket
 import ssl
 from collections import deque
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import httptools
 
 from farebox.providers.deadline import Deadlines
 from farebox.providers.h2client import H2Pool, Unprocessed, request_headers
+from farebox.providers.pool import PoolBase, no_delay
 from farebox.providers.response import Response, TransportError
 
 HIGH_WATER = 1 << 20      # bytes buffered unread before the socket stops being read
 DRAIN_S = 1.0             # how long a released response's last bytes are awaited to keep its connection
 _URL_CACHE_MAX = 4096
+P = TypeVar("P", "Pool", H2Pool)
 H2_RESENDS = 2            # times a request an HTTP/2 server provably never processed is sent again
 
 
@@ -104,9 +106,7 @@ class Connection(Deadlines, asyncio.Protocol):
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        no_delay(transport)
 
     def data_received(self, data: bytes) -> None:
         response = self._response
@@ -251,19 +251,12 @@ class Connection(Deadlines, asyncio.Protocol):
         return now - self._idle_since
 
 
-class Pool:
+class Pool(PoolBase):
     """Connections to one origin for one provider: idle ones are reused newest first;
     `limit` (0: none) bounds open connections, and callers past it wait their turn."""
 
-    def __init__(self, target: _Target, *, limit: int, connect_timeout_s: float, idle_timeout_s: float,
-                 keepalive_s: float, tls: ssl.SSLContext | None) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.target = target
-        self.limit = limit
-        self.connect_timeout_s = connect_timeout_s
-        self.idle_timeout_s = idle_timeout_s
-        self.keepalive_s = keepalive_s
-        self.tls = tls
+    def __init__(self, target: _Target, **settings: Any) -> None:
+        super().__init__(target, **settings)
         self.idle: dict[Connection, None] = {}  # insertion order: the newest last
         self.open = 0                   # connections made and not yet lost (busy or idle)
         self.waiters: deque[asyncio.Future[Connection | None]] = deque()
@@ -345,8 +338,7 @@ class Client:
         self.total_timeout_s = total_timeout_s
         self.connections_max = connections_max
         self.keepalive_s = keepalive_s
-        self._pools: dict[tuple[str, tuple[str, str, int]], Pool] = {}
-        self._h2_pools: dict[tuple[str, tuple[str, str, int]], H2Pool] = {}
+        self._pools: dict[tuple[str, tuple[str, str, int], type], Pool | H2Pool] = {}
         self._tls: dict[bool, ssl.SSLContext] = {}  # by whether it offers h2 by ALPN
 
     def _tls_for(self, target: _Target, http2: bool) -> ssl.SSLContext | None:
@@ -359,23 +351,15 @@ class Client:
                 context.set_alpn_protocols(["h2"])
         return context
 
-    def _pool(self, scope: str, target: _Target) -> Pool:
-        key = (scope, target.origin)
+    def _pool(self, scope: str, target: _Target, kind: type[P]) -> P:
+        key = (scope, target.origin, kind)
         pool = self._pools.get(key)
         if pool is None:
-            pool = self._pools[key] = Pool(
+            pool = self._pools[key] = kind(
                 target, limit=self.connections_max, connect_timeout_s=self.connect_timeout_s,
-                idle_timeout_s=self.idle_timeout_s, keepalive_s=self.keepalive_s, tls=self._tls_for(target, False))
-        return pool
-
-    def _h2_pool(self, scope: str, target: _Target) -> H2Pool:
-        key = (scope, target.origin)
-        pool = self._h2_pools.get(key)
-        if pool is None:
-            pool = self._h2_pools[key] = H2Pool(
-                target, limit=self.connections_max, connect_timeout_s=self.connect_timeout_s,
-                idle_timeout_s=self.idle_timeout_s, keepalive_s=self.keepalive_s, tls=self._tls_for(target, True))
-        return pool
+                idle_timeout_s=self.idle_timeout_s, keepalive_s=self.keepalive_s,
+                tls=self._tls_for(target, kind is H2Pool))
+        return pool  # type: ignore[return-value]
 
     async def post(self, scope: str, url: str, body: bytes, headers: dict[str, str],
                    timeout_s: float | None = None, first_byte_s: float | None = None,
@@ -390,7 +374,7 @@ class Client:
         if http2:
             return await self._post_h2(scope, target, body, headers, timeout_s, first_byte_s)
         head = request_head(target, headers, len(body))
-        pool = self._pool(scope, target)
+        pool = self._pool(scope, target, Pool)
         now = pool.loop.time()
         deadline, full = self._deadlines(now, timeout_s, first_byte_s)
         conn = pool.take_idle(now)
@@ -413,7 +397,7 @@ class Client:
     async def _post_h2(self, scope: str, target: _Target, body: bytes, headers: dict[str, str],
                        timeout_s: float | None, first_byte_s: float | None) -> Response:
         fields = request_headers(target, headers, len(body))
-        pool = self._h2_pool(scope, target)
+        pool = self._pool(scope, target, H2Pool)
         now = pool.loop.time()
         deadline, full = self._deadlines(now, timeout_s, first_byte_s)
         for attempt in range(H2_RESENDS + 1):
@@ -436,11 +420,10 @@ class Client:
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     def open_connections(self) -> int:
-        return sum(pool.open for pool in self._pools.values()) + sum(p.open for p in self._h2_pools.values())
+        return sum(pool.open for pool in self._pools.values())
 
     async def close(self) -> None:
-        for pool in (*self._pools.values(), *self._h2_pools.values()):
+        for pool in self._pools.values():
             pool.close()
         self._pools.clear()
-        self._h2_pools.clear()
         await asyncio.sleep(0)  # let the aborted transports report connection_lost

@@ -15,8 +15,6 @@ client is unchanged. `https://` negotiates h2 by ALPN (and refuses a server that
 from __future__ import annotations
 
 import asyncio
-import socket
-import ssl
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +26,7 @@ import h2.exceptions
 import h2.settings
 
 from farebox.providers.deadline import Deadlines
+from farebox.providers.pool import PoolBase, no_delay
 from farebox.providers.response import Response, TransportError
 
 if TYPE_CHECKING:
@@ -149,9 +148,7 @@ class H2Connection(asyncio.Protocol):
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        no_delay(transport)
         tls = transport.get_extra_info("ssl_object")
         self.alpn = tls.selected_alpn_protocol() if tls is not None else None
         # Push is off (an API answers, it never pushes); each stream may have STREAM_WINDOW in flight.
@@ -373,21 +370,14 @@ _HANDLERS = {
 }
 
 
-class H2Pool:
+class H2Pool(PoolBase):
     """Connections to one origin for one provider. A request takes the oldest connection
     with a free stream slot (so idle ones age out), waits for the connection being made
     while that one is still assumed to have room, or makes one; `limit` (0: none) bounds
     connections, and callers past it wait for a slot."""
 
-    def __init__(self, target: _Target, *, limit: int, connect_timeout_s: float, idle_timeout_s: float,
-                 keepalive_s: float, tls: ssl.SSLContext | None) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.target = target
-        self.limit = limit
-        self.connect_timeout_s = connect_timeout_s
-        self.idle_timeout_s = idle_timeout_s
-        self.keepalive_s = keepalive_s
-        self.tls = tls
+    def __init__(self, target: _Target, **settings: Any) -> None:
+        super().__init__(target, **settings)
         self.conns: list[H2Connection] = []
         self.open = 0                               # connections being made or made and not yet lost
         self.waiters: deque[asyncio.Future[None]] = deque()
